@@ -1,9 +1,438 @@
-/* pgvigilctl: the control CLI. */
+/* pgvigilctl: the control CLI. Talks JSON lines to pgvigild's socket; `schedule` works offline. */
+#include <errno.h>
+#include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "ctl/protocol.h"
+#include "sched/cron.h"
+#include "util/mem.h"
+
+#define DEFAULT_SOCKET "/run/pgvigil/pgvigil.sock"
+
+enum { EXIT_OK = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_UNREACHABLE = 3 };
+
+struct cli {
+	const char *socket;
+	bool json;
+};
+
+static void
+usage(FILE *out)
+{
+	fprintf(out,
+	        "usage: pgvigilctl [-s SOCKET] [--json] COMMAND [ARGS]\n"
+	        "\n"
+	        "commands (daemon):\n"
+	        "  status                 daemon, reload result, per-database health\n"
+	        "  jobs                   jobs with schedule, next run, last run, running now\n"
+	        "  run JOB                start a job now (admins)\n"
+	        "  reload                 re-read the configuration, like SIGHUP (admins)\n"
+	        "commands (offline):\n"
+	        "  schedule \"CRON\" [--tz ZONE] [--from TIME] [--count N]\n"
+	        "                         print the next run times, one RFC 3339 UTC time per line\n"
+	        "\n"
+	        "options:\n"
+	        "  -s, --socket PATH      control socket (default $PGVIGIL_SOCKET or " DEFAULT_SOCKET ")\n"
+	        "  -j, --json             print the daemon's JSON answer instead of a table\n"
+	        "  -h, --help             this help\n"
+	        "  -V, --version          print the version\n"
+	        "\n"
+	        "exit status: 0 success, 1 the command failed, 2 usage error, 3 daemon unreachable\n");
+}
+
+/* ---- transport ---- */
+
+static int
+call(const struct cli *cli, json_t *req, json_t **resp)
+{
+	struct sockaddr_un sa;
+	struct timeval tv = {60, 0};
+	char *line = pv_ctl_encode(req);
+	size_t cap = 65536, len = 0;
+	char *buf;
+	int fd;
+
+	json_decref(req);
+	if (strlen(cli->socket) >= sizeof(sa.sun_path)) {
+		fprintf(stderr, "pgvigilctl: socket path too long: %s\n", cli->socket);
+		free(line);
+		return EXIT_USAGE;
+	}
+	memset(&sa, 0, sizeof(sa));
+	sa.sun_family = AF_UNIX;
+	pv_strlcpy(sa.sun_path, cli->socket, sizeof(sa.sun_path));
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+		fprintf(stderr, "pgvigilctl: cannot connect to pgvigild at %s: %s\n", cli->socket,
+		        strerror(errno));
+		fprintf(stderr, "HINT: is pgvigild running? Use -s to name another socket.\n");
+		if (fd >= 0)
+			close(fd);
+		free(line);
+		return EXIT_UNREACHABLE;
+	}
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	for (size_t off = 0, n = strlen(line); off < n;) {
+		ssize_t w = send(fd, line + off, n - off, MSG_NOSIGNAL);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			fprintf(stderr, "pgvigilctl: sending to pgvigild: %s\n", strerror(errno));
+			close(fd);
+			free(line);
+			return EXIT_UNREACHABLE;
+		}
+		off += (size_t)w;
+	}
+	free(line);
+	buf = pv_malloc(cap);
+	for (;;) {
+		ssize_t r;
+		if (len + 1 >= cap) {
+			if (cap >= PV_CTL_MAX_LINE * 16) {
+				fprintf(stderr, "pgvigilctl: answer too long\n");
+				break;
+			}
+			cap *= 2;
+			buf = pv_realloc(buf, cap);
+		}
+		r = recv(fd, buf + len, cap - len - 1, 0);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		len += (size_t)r;
+		if (memchr(buf + len - (size_t)r, '\n', (size_t)r) != NULL)
+			break;
+	}
+	close(fd);
+	buf[len] = '\0';
+	*resp = json_loadb(buf, len, 0, NULL);
+	free(buf);
+	if (*resp == NULL) {
+		fprintf(stderr, "pgvigilctl: no valid answer from pgvigild at %s\n", cli->socket);
+		return EXIT_UNREACHABLE;
+	}
+	return EXIT_OK;
+}
+
+/* Send a request; print errors; on success return the data object through *data. */
+static int
+request(const struct cli *cli, json_t *req, json_t **resp, json_t **data)
+{
+	int rc = call(cli, req, resp);
+	json_t *err;
+
+	if (rc != EXIT_OK)
+		return rc;
+	if (json_is_true(json_object_get(*resp, "ok"))) {
+		*data = json_object_get(*resp, "data");
+		return EXIT_OK;
+	}
+	err = json_object_get(*resp, "error");
+	if (cli->json) {
+		json_dumpf(*resp, stdout, JSON_INDENT(2));
+		fputc('\n', stdout);
+	} else {
+		fprintf(stderr, "pgvigilctl: %s\n", json_string_value(json_object_get(err, "message")));
+	}
+	return strcmp(json_string_value(json_object_get(err, "code")) ?: "", "usage") == 0 ? EXIT_USAGE
+	                                                                                   : EXIT_FAILED;
+}
+
+/* ---- formatting ---- */
+
+static const char *
+str(json_t *o, const char *key, const char *dflt)
+{
+	const char *s = json_string_value(json_object_get(o, key));
+	return s != NULL ? s : dflt;
+}
+
+static void
+fmt_duration(double secs, char *buf, size_t size)
+{
+	long s = (long)secs;
+	if (secs < 1)
+		snprintf(buf, size, "%.0fms", secs * 1000);
+	else if (s < 60)
+		snprintf(buf, size, "%.1fs", secs);
+	else if (s < 3600)
+		snprintf(buf, size, "%ldm%02lds", s / 60, s % 60);
+	else if (s < 86400)
+		snprintf(buf, size, "%ldh%02ldm", s / 3600, s % 3600 / 60);
+	else
+		snprintf(buf, size, "%ldd%02ldh", s / 86400, s % 86400 / 3600);
+}
+
+static void
+print_status(json_t *d)
+{
+	json_t *reload = json_object_get(d, "reload");
+	json_t *dbs = json_object_get(d, "databases");
+	char up[32];
+	size_t i;
+	json_t *db;
+
+	fmt_duration(json_number_value(json_object_get(d, "uptime")), up, sizeof(up));
+	printf("pgvigild %s  pid %lld  up %s  jobs %lld  running %lld\n", str(d, "version", "?"),
+	       (long long)json_integer_value(json_object_get(d, "pid")), up,
+	       (long long)json_integer_value(json_object_get(d, "jobs")),
+	       (long long)json_integer_value(json_object_get(d, "running")));
+	printf("config %s\n", str(d, "config", "?"));
+	if (json_integer_value(json_object_get(reload, "count")) == 0)
+		printf("last reload: none since start\n");
+	else if (json_is_true(json_object_get(reload, "ok")))
+		printf("last reload: ok at %s\n", str(reload, "at", "?"));
+	else
+		printf("last reload: FAILED at %s, previous configuration kept: %s\n", str(reload, "at", "?"),
+		       str(reload, "error", "?"));
+	printf("\n%-20s %-10s %-10s %-10s %-22s %s\n", "DATABASE", "HEALTH", "CONNECT", "SERVER", "CHECKED",
+	       "CAUSE");
+	json_array_foreach(dbs, i, db)
+	{
+		json_t *h = json_object_get(db, "health");
+		json_t *fig = json_object_get(h, "figures");
+		char lat[32] = "-";
+		if (json_is_number(json_object_get(fig, "connect_seconds")))
+			fmt_duration(json_number_value(json_object_get(fig, "connect_seconds")), lat,
+			             sizeof(lat));
+		printf("%-20s %-10s %-10s %-10s %-22s %s\n", str(db, "name", "?"),
+		       json_is_object(h) ? str(h, "result", "?") : "unknown", lat,
+		       str(fig, "server_version", "-"), json_is_object(h) ? str(h, "finished", "-") : "-",
+		       json_is_object(h) ? str(h, "cause", "") : "");
+	}
+}
+
+static void
+print_jobs(json_t *d)
+{
+	json_t *jobs = json_object_get(d, "jobs");
+	size_t i;
+	json_t *j;
+
+	printf("%-18s %-13s %-16s %-21s %-21s %-10s %s\n", "JOB", "TYPE", "SCHEDULE", "NEXT RUN", "LAST RUN",
+	       "RESULT", "RUNNING");
+	json_array_foreach(jobs, i, j)
+	{
+		json_t *last = json_object_get(j, "last_run");
+		json_t *run = json_object_get(j, "running");
+		char sched[64], running[64] = "-";
+
+		if (json_object_get(j, "schedule") != NULL)
+			snprintf(sched, sizeof(sched), "%s", str(j, "schedule", "?"));
+		else
+			snprintf(sched, sizeof(sched), "every %s", str(j, "every", "?"));
+		if (json_is_object(run)) {
+			char el[32];
+			fmt_duration(json_number_value(json_object_get(run, "elapsed")), el, sizeof(el));
+			json_int_t bytes = json_integer_value(json_object_get(run, "progress_bytes"));
+			if (bytes > 0)
+				snprintf(running, sizeof(running), "%s, %lld bytes", el, (long long)bytes);
+			else
+				snprintf(running, sizeof(running), "%s", el);
+		}
+		printf("%-18s %-13s %-16s %-21s %-21s %-10s %s\n", str(j, "name", "?"), str(j, "type", "?"),
+		       sched, str(j, "next_run", "-"), json_is_object(last) ? str(last, "started", "-") : "-",
+		       json_is_object(last) ? str(last, "result", "-") : "-", running);
+	}
+}
+
+/* ---- offline: schedule ---- */
+
+static bool
+parse_time(const char *s, time_t *out)
+{
+	struct tm tm;
+	const char *rest;
+	long off = 0;
+
+	memset(&tm, 0, sizeof(tm));
+	rest = strptime(s, "%Y-%m-%dT%H:%M", &tm);
+	if (rest == NULL)
+		rest = strptime(s, "%Y-%m-%d %H:%M", &tm);
+	if (rest == NULL) {
+		rest = strptime(s, "%Y-%m-%d", &tm);
+		if (rest == NULL)
+			return false;
+	} else if (*rest == ':') {
+		rest = strptime(rest, ":%S", &tm);
+		if (rest == NULL)
+			return false;
+	}
+	if (*rest == 'Z' || *rest == 'z') {
+		rest++;
+	} else if (*rest == '+' || *rest == '-') {
+		int h, m;
+		if (sscanf(rest + 1, "%2d:%2d", &h, &m) != 2)
+			return false;
+		off = (h * 3600 + m * 60) * (*rest == '-' ? -1 : 1);
+		rest += 6;
+	}
+	if (*rest != '\0')
+		return false;
+	*out = timegm(&tm) - off;
+	return true;
+}
+
+static int
+cmd_schedule(int argc, char **argv)
+{
+	static const struct option opts[] = {
+	        {"tz", required_argument, NULL, 'z'},
+	        {"from", required_argument, NULL, 'f'},
+	        {"count", required_argument, NULL, 'n'},
+	        {NULL, 0, NULL, 0},
+	};
+	const char *zone = "UTC";
+	time_t from = time(NULL);
+	long count = 10;
+	struct pv_cron *cron;
+	struct pv_tz *tz;
+	struct pv_error err;
+	char *end;
+	int opt;
+
+	optind = 0; /* 0: GNU getopt re-initialises (the first pass used "+") */
+	while ((opt = getopt_long(argc, argv, "z:f:n:", opts, NULL)) != -1) {
+		switch (opt) {
+		case 'z': zone = optarg; break;
+		case 'f':
+			if (!parse_time(optarg, &from)) {
+				fprintf(stderr,
+				        "pgvigilctl: schedule: bad --from \"%s\" (want RFC 3339, e.g. "
+				        "2026-03-29T00:00:00Z)\n",
+				        optarg);
+				return EXIT_USAGE;
+			}
+			break;
+		case 'n':
+			count = strtol(optarg, &end, 10);
+			if (*end != '\0' || count < 1 || count > 100000) {
+				fprintf(stderr, "pgvigilctl: schedule: --count wants 1..100000\n");
+				return EXIT_USAGE;
+			}
+			break;
+		default: return EXIT_USAGE;
+		}
+	}
+	if (optind != argc - 1) {
+		fprintf(stderr,
+		        "usage: pgvigilctl schedule \"CRON\" [--tz ZONE] [--from TIME] [--count N]\n");
+		return EXIT_USAGE;
+	}
+	if (!pv_cron_parse(argv[optind], &cron, &err)) {
+		fprintf(stderr, "pgvigilctl: schedule: %s\n", err.msg);
+		return EXIT_USAGE;
+	}
+	if (!pv_tz_load(zone, &tz, &err)) {
+		fprintf(stderr, "pgvigilctl: schedule: %s\n", err.msg);
+		pv_cron_free(cron);
+		return EXIT_USAGE;
+	}
+	for (long i = 0; i < count; i++) {
+		char buf[32];
+		struct tm tm;
+		time_t next;
+		if (!pv_cron_next(cron, tz, from, &next)) {
+			if (i == 0)
+				fprintf(stderr, "pgvigilctl: schedule: \"%s\" never runs\n", argv[optind]);
+			break;
+		}
+		gmtime_r(&next, &tm);
+		strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+		puts(buf);
+		from = next;
+	}
+	pv_cron_free(cron);
+	pv_tz_free(tz);
+	return EXIT_OK;
+}
+
+/* ---- main ---- */
 
 int
-main(void)
+main(int argc, char **argv)
 {
-	printf("pgvigilctl %s\n", PV_VERSION);
-	return 0;
+	static const struct option opts[] = {
+	        {"socket", required_argument, NULL, 's'},
+	        {"json", no_argument, NULL, 'j'},
+	        {"help", no_argument, NULL, 'h'},
+	        {"version", no_argument, NULL, 'V'},
+	        {NULL, 0, NULL, 0},
+	};
+	struct cli cli = {0};
+	json_t *resp = NULL, *data = NULL, *req;
+	const char *cmd;
+	int opt, rc;
+
+	cli.socket = getenv("PGVIGIL_SOCKET");
+	if (cli.socket == NULL || cli.socket[0] == '\0')
+		cli.socket = DEFAULT_SOCKET;
+	/* '+': stop at the command, so its own options are left for it. */
+	while ((opt = getopt_long(argc, argv, "+s:jhV", opts, NULL)) != -1) {
+		switch (opt) {
+		case 's': cli.socket = optarg; break;
+		case 'j': cli.json = true; break;
+		case 'h': usage(stdout); return EXIT_OK;
+		case 'V': printf("pgvigilctl %s\n", PV_VERSION); return EXIT_OK;
+		default: usage(stderr); return EXIT_USAGE;
+		}
+	}
+	if (optind >= argc) {
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	cmd = argv[optind];
+	argc -= optind;
+	argv += optind;
+
+	if (strcmp(cmd, "schedule") == 0)
+		return cmd_schedule(argc, argv);
+
+	if (strcmp(cmd, "status") == 0 || strcmp(cmd, "jobs") == 0 || strcmp(cmd, "reload") == 0) {
+		if (argc != 1) {
+			fprintf(stderr, "pgvigilctl: %s takes no arguments\n", cmd);
+			return EXIT_USAGE;
+		}
+		req = pv_ctl_request_new(cmd, NULL);
+	} else if (strcmp(cmd, "run") == 0) {
+		if (argc != 2) {
+			fprintf(stderr, "usage: pgvigilctl run JOB\n");
+			return EXIT_USAGE;
+		}
+		req = pv_ctl_request_new("run", json_pack("{s:s}", "job", argv[1]));
+	} else {
+		fprintf(stderr, "pgvigilctl: unknown command \"%s\"\n", cmd);
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+
+	rc = request(&cli, req, &resp, &data);
+	if (rc == EXIT_OK) {
+		if (cli.json) {
+			json_dumpf(data, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
+			fputc('\n', stdout);
+		} else if (strcmp(cmd, "status") == 0) {
+			print_status(data);
+		} else if (strcmp(cmd, "jobs") == 0) {
+			print_jobs(data);
+		} else if (strcmp(cmd, "run") == 0) {
+			printf("started %s: run %lld\n", str(data, "job", "?"),
+			       (long long)json_integer_value(json_object_get(data, "run")));
+		} else if (strcmp(cmd, "reload") == 0) {
+			printf("configuration reloaded\n");
+		}
+	}
+	json_decref(resp);
+	return rc;
 }

@@ -102,7 +102,7 @@ struct pv_config_job {
 	int64_t timeout;      /* 0 = default for the type (see pv_config_job_timeout) */
 	int64_t jitter;       /* default 0 */
 	bool catch_up;        /* default true for calendar jobs, false for `every` */
-	int64_t grace;        /* default: 5m for calendar jobs */
+	int64_t grace;        /* default: 5m for calendar jobs, the interval (at least 1m) for `every` */
 	bool heavy;           /* backup, verify, restore_probe, drill: bound by max_parallel_jobs */
 
 	/* backup */
@@ -114,8 +114,27 @@ struct pv_config_job {
 	bool schema_copy;                  /* also keep a schema-only dump */
 };
 
+/* The alert rules of SPEC §4; alerts.rules[PV_RULE_X] is rule X (all present, defaults filled in). */
+enum pv_rule {
+	PV_RULE_BACKUP_STALE,         /* critical, after 24h */
+	PV_RULE_CONNECTIVITY_LOST,    /* critical, after 5m */
+	PV_RULE_RESTORE_FAILURES,     /* critical, consecutive 3 */
+	PV_RULE_RPO_BREACH,           /* critical */
+	PV_RULE_BACKUP_SIZE_ANOMALY,  /* warning, change 50% */
+	PV_RULE_BACKUP_SLOW,          /* warning, factor 2.0 */
+	PV_RULE_STORAGE_USAGE,        /* warning, above 80% */
+	PV_RULE_RTO_BREACH,           /* warning */
+	PV_RULE_BACKUP_SUCCEEDED,     /* info */
+	PV_RULE_RESTORE_PROBE_RESULT, /* info */
+	PV_RULE_DRILL_SUMMARY,        /* info */
+	PV_RULE_JOB_MISSED,           /* warning */
+	PV_RULE_NOTIFIER_BROKEN,      /* critical */
+	PV_RULE_COUNT
+};
+
 struct pv_config_rule {
 	char *name; /* e.g. "backup_stale" */
+	enum pv_rule id;
 	bool enabled;
 	enum pv_severity severity;
 	int64_t after;   /* backup_stale, connectivity_lost */
@@ -129,14 +148,14 @@ struct pv_config_alerts {
 	int64_t group_wait;           /* default 30s */
 	int64_t repeat_every;         /* default 4h */
 	bool send_resolved;           /* default true */
-	struct pv_config_rule *rules; /* every known rule, defaults filled in */
+	struct pv_config_rule *rules; /* every known rule, indexed by enum pv_rule, defaults filled in */
 	size_t n_rules;
 };
 
 struct pv_config_notifier {
 	char *name;
 	enum pv_notifier_type type;
-	unsigned severities;    /* PV_SEV_MASK bits; default all */
+	unsigned severities;    /* PV_SEV_MASK bits; default all (heartbeat: 0, it carries no alerts) */
 	struct pv_cron *digest; /* or NULL */
 	int64_t max_age;        /* default 24h */
 	/* slack */
@@ -146,13 +165,13 @@ struct pv_config_notifier {
 	struct pv_secret secret;
 	/* email */
 	char *smtp_url;
-	enum pv_starttls starttls;
+	enum pv_starttls starttls; /* default implicit for smtps://, else required */
 	char *username;
 	struct pv_secret password;
 	char *from;
 	struct pv_strv to;
 	/* heartbeat */
-	int64_t every;
+	int64_t every; /* default 5m */
 };
 
 struct pv_config {
@@ -198,8 +217,17 @@ const struct pv_config_rule *pv_config_rule_find(const struct pv_config *cfg, co
 
 const char *pv_job_type_name(enum pv_job_type type); /* "backup", "restore_probe", ... */
 const char *pv_severity_name(enum pv_severity sev);
-/* Effective timeout: the job's, else a default per type (health 30s, backup 6h, ...). */
+/*
+ * Effective timeout: the job's, else a default per type: backup 6h, health 30s, integrity 30m,
+ * verify 6h, storage 10m, restore_probe 6h, drill 12h.
+ */
 int64_t pv_config_job_timeout(const struct pv_config_job *job);
+
+/*
+ * A copy of a libpq conninfo (key=value or postgresql:// URI) with any password replaced by
+ * "<redacted>", for logs and dumps. Caller frees.
+ */
+char *pv_config_conninfo_redact(const char *conninfo);
 
 /* Parse "30s", "5m", "4h", "7d", "2w", combinations "1h30m", plain seconds "90". */
 bool pv_duration_parse(const char *s, int64_t *out);

@@ -28,22 +28,22 @@ struct pv_job_run;
 typedef void (*pv_job_done_fn)(struct pv_job_run *run);
 
 struct pv_job_run {
-	int64_t id;			/* state row id */
-	struct pv_config *cfg;		/* reference held for the run: the config it started with */
+	int64_t id;                      /* state row id */
+	struct pv_config *cfg;           /* reference held for the run: the config it started with */
 	const struct pv_config_job *job; /* points into cfg */
 	struct event_base *base;
 	struct evdns_base *dns;
 	struct pv_state *state;
 	time_t scheduled_for; /* calendar slot, or 0 for interval / manual runs */
-	time_t started;	      /* wall clock */
+	time_t started;       /* wall clock */
 	double started_mono;  /* monotonic seconds */
 	double deadline_mono; /* started_mono + timeout */
 	const char *trigger;  /* "schedule", "catch_up", "manual" */
 
 	/* Filled by the job before it calls finish. */
 	enum pv_run_result result;
-	char cause[512];       /* why it failed; empty when ok */
-	json_t *figures;       /* object of measured figures; owned by the run */
+	char cause[512];         /* why it failed; empty when ok */
+	json_t *figures;         /* object of measured figures; owned by the run */
 	uint64_t progress_bytes; /* for `pgvigilctl jobs` */
 
 	/* Set by the runner. The job calls pv_job_run_finish() exactly once. */
@@ -66,7 +66,7 @@ const struct pv_job_ops *pv_jobs_ops(enum pv_job_type type);
 
 /* Record the outcome and hand the run back to the runner (which frees it). */
 void pv_job_run_finish(struct pv_job_run *run, enum pv_run_result result, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+        __attribute__((format(printf, 3, 4)));
 
 /* Monotonic seconds. */
 double pv_now_mono(void);

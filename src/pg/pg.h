@@ -23,8 +23,8 @@ typedef void (*pv_pg_connect_cb)(struct pv_pg_conn *conn, bool ok, const struct 
 struct pv_pg_conn *pv_pg_connect(struct event_base *base, struct evdns_base *dns, const char *conninfo,
 				 const char *password, double timeout, pv_pg_connect_cb cb, void *arg,
 				 struct pv_error *err);
-/* Close now; an operation in flight is cancelled (PQcancel sent without blocking the loop) and its
- * callback is never called. NULL is a no-op. */
+/* Close now; an operation in flight is abandoned by closing the connection (the server notices
+ * through client_connection_check_interval) and its callback is never called. NULL is a no-op. */
 void pv_pg_close(struct pv_pg_conn *conn);
 int pv_pg_server_version(const struct pv_pg_conn *conn); /* e.g. 150018 */
 double pv_pg_connect_seconds(const struct pv_pg_conn *conn);

@@ -8,14 +8,15 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <syslog.h>
 #include <time.h>
 #include <unistd.h>
 
 static struct log_local {
 	const char *ident;
-	bool journal;
+	enum pv_log_target target;
 	enum pv_log_level level;
-} log_local = {"pgvigil", false, PV_LOG_INFO};
+} log_local = {"pgvigil", PV_LOG_TO_STDERR, PV_LOG_INFO};
 
 static const char *const level_names[] = {
         [PV_LOG_CRIT] = "crit",     [PV_LOG_ERROR] = "error", [PV_LOG_WARNING] = "warning",
@@ -23,10 +24,12 @@ static const char *const level_names[] = {
 };
 
 void
-pv_log_init(const char *ident, bool journal)
+pv_log_init(const char *ident, enum pv_log_target target)
 {
 	log_local.ident = ident;
-	log_local.journal = journal;
+	log_local.target = target;
+	if (target == PV_LOG_TO_SYSLOG)
+		openlog(ident, LOG_PID | LOG_NDELAY, LOG_DAEMON);
 }
 
 bool
@@ -88,7 +91,10 @@ pv_log(enum pv_log_level level, const char *fmt, ...)
 
 	if (level > log_local.level)
 		return;
-	if (log_local.journal) {
+	if (log_local.target == PV_LOG_TO_SYSLOG) {
+		n = 0;
+		line[0] = '\0';
+	} else if (log_local.target == PV_LOG_TO_JOURNAL) {
 		n = (size_t)snprintf(line, sizeof(line), "<%d>", (int)level);
 	} else {
 		struct timeval tv;
@@ -109,7 +115,10 @@ pv_log(enum pv_log_level level, const char *fmt, ...)
 		if (*p == '\n' || *p == '\r')
 			*p = ' ';
 	}
-	fprintf(stderr, "%s\n", line);
+	if (log_local.target == PV_LOG_TO_SYSLOG)
+		syslog((int)level, "%s", line);
+	else
+		fprintf(stderr, "%s\n", line);
 }
 
 const char *

@@ -14,8 +14,13 @@ enum pv_log_level {
 	PV_LOG_DEBUG = 7,
 };
 
-/* journal: "<N>" prefixes, no timestamps (journald adds them). Otherwise a UTC timestamp and level word. */
-void pv_log_init(const char *ident, bool journal);
+enum pv_log_target {
+	PV_LOG_TO_STDERR,  /* UTC timestamp, ident[pid], level word */
+	PV_LOG_TO_JOURNAL, /* "<N>" prefixes on stderr; journald adds time and pid */
+	PV_LOG_TO_SYSLOG,  /* syslog(3), when detached from a terminal without systemd */
+};
+
+void pv_log_init(const char *ident, enum pv_log_target target);
 /* True when stderr is connected to the journal (JOURNAL_STREAM names our stderr). */
 bool pv_log_stderr_is_journal(void);
 void pv_log_set_level(enum pv_log_level level);

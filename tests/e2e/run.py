@@ -1,1 +1,617 @@
-print("e2e: 0 passed, 0 failed")
+#!/usr/bin/env python3
+"""End-to-end tests: the real pgvigild and pgvigilctl against a real throwaway PostgreSQL.
+
+Each test gets its own directory with a generated configuration, state directory and
+control socket; the PostgreSQL cluster is shared. Prints one line per test and a closing
+"e2e: N passed, N failed".
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.path.join(ROOT, os.environ.get("PGVIGIL_BUILD", "build"))
+PGVIGILD = os.path.join(BUILD, "pgvigild")
+PGVIGILCTL = os.path.join(BUILD, "pgvigilctl")
+PGTMP = os.path.join(ROOT, "tests", "lib", "pgtmp")
+PASSWORD = "vigil-secret"
+
+TESTS = []
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+class Failure(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise Failure(msg)
+
+
+def wait_for(pred, timeout, what, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise Failure("timed out after %.1fs waiting for %s" % (timeout, what))
+
+
+class Cluster:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="pgvigil-e2e-pg-")
+        self.port = 20000 + os.getpid() % 20000
+        out = subprocess.run([PGTMP, "start", self.dir, str(self.port)], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError("cannot start PostgreSQL: " + out.stderr)
+        self.sock = os.path.join(self.dir, "sock")
+
+    def stop(self):
+        subprocess.run([PGTMP, "stop", self.dir], capture_output=True)
+
+
+class Daemon:
+    """One pgvigild in the foreground with its own directory, config, notify socket."""
+
+    def __init__(self, env_extra=None, name="d"):
+        self.dir = tempfile.mkdtemp(prefix="pgvigil-e2e-")
+        os.chmod(self.dir, 0o755)
+        self.state_dir = os.path.join(self.dir, "state")
+        self.socket = os.path.join(self.dir, "pgvigil.sock")
+        self.config = os.path.join(self.dir, "pgvigil.yaml")
+        self.log_path = os.path.join(self.dir, "daemon.log")
+        self.notify_path = os.path.join(self.dir, "notify.sock")
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(self.notify_path)
+        self.notify.settimeout(0.1)
+        self.notes = []
+        self.proc = None
+        self.env_extra = env_extra or {}
+
+    def write_config(self, text):
+        with open(self.config + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(self.config + ".tmp", self.config)
+
+    def start(self, wait_ready=True, extra_env=None):
+        env = dict(os.environ)
+        env["NOTIFY_SOCKET"] = self.notify_path
+        env["DEMO_PASS"] = PASSWORD
+        env.update(self.env_extra)
+        env.update(extra_env or {})
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([PGVIGILD, "--foreground", "-c", self.config], stdout=self.log,
+                                     stderr=self.log, env=env)
+        if wait_ready:
+            self.wait_note("READY=1", 10)
+        return self
+
+    def read_notes(self):
+        while True:
+            try:
+                data = self.notify.recv(4096).decode()
+            except (socket.timeout, BlockingIOError):
+                return
+            self.notes.extend(data.split("\n"))
+
+    def wait_note(self, note, timeout, since=0):
+        def seen():
+            self.read_notes()
+            if self.proc.poll() is not None:
+                raise Failure("pgvigild exited with %s before %s; log:\n%s" % (self.proc.returncode, note,
+                                                                               self.logtext()))
+            return note in self.notes[since:]
+        wait_for(seen, timeout, note)
+
+    def logtext(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def ctl(self, *args, user=None, check_rc=None):
+        cmd = [PGVIGILCTL, "-s", self.socket] + list(args)
+        kw = {}
+        if user is not None:
+            kw["user"] = user
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, **kw)
+        if check_rc is not None and out.returncode != check_rc:
+            raise Failure("pgvigilctl %s: exit %d, expected %d\nstdout: %s\nstderr: %s" % (
+                " ".join(args), out.returncode, check_rc, out.stdout, out.stderr))
+        return out
+
+    def ctl_json(self, *args):
+        out = self.ctl("--json", *args, check_rc=0)
+        return json.loads(out.stdout)
+
+    def db(self):
+        return sqlite3.connect(os.path.join(self.state_dir, "state.db"), timeout=10)
+
+    def runs(self, job=None):
+        with self.db() as c:
+            q = "SELECT id, job, trigger, started, finished, duration, result, cause, figures FROM runs"
+            rows = c.execute(q + (" WHERE job = ?" if job else "") + " ORDER BY id", (job,) if job else ()).fetchall()
+        keys = ["id", "job", "trigger", "started", "finished", "duration", "result", "cause", "figures"]
+        return [dict(zip(keys, r)) for r in rows]
+
+    def stop(self, sig=signal.SIGTERM, timeout=25):
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise Failure("pgvigild did not exit within %ss of %s" % (timeout, sig))
+
+    def cleanup(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.notify.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def base_config(d, cluster, jobs, extra_db="", daemon_extra=""):
+    return """\
+daemon:
+  state_dir: %(state)s
+  socket: %(sock)s
+  admins: [root]
+  log_level: debug
+%(daemon_extra)s
+storage:
+  path: %(dir)s/backups
+databases:
+  demo:
+    conninfo: "host=127.0.0.1 port=%(port)d dbname=demo user=vigil"
+    password: env:DEMO_PASS
+%(extra_db)s
+jobs:
+%(jobs)s
+""" % {"state": d.state_dir, "sock": d.socket, "dir": d.dir, "port": cluster.port, "jobs": jobs,
+       "extra_db": extra_db, "daemon_extra": daemon_extra}
+
+
+HEALTH_FAST = "  health: { type: health, database: demo, every: 1s, timeout: 5s }\n"
+
+# ---------------------------------------------------------------------------
+
+
+@test
+def example_config_checks(cluster):
+    env = dict(os.environ)
+    for k in ("PGVIGIL_PRODUCTION_PASSWORD", "PGVIGIL_SLACK_WEBHOOK_URL", "PGVIGIL_SMTP_PASSWORD",
+              "PGVIGIL_SCRATCH_PASSWORD", "PGVIGIL_HOOK_SECRET", "PGVIGIL_HEARTBEAT_URL"):
+        env[k] = "https://hooks.example.com/example-secret-value"
+    out = subprocess.run([PGVIGILD, "--check-config", "-c", os.path.join(ROOT, "etc", "pgvigil.yaml")],
+                         capture_output=True, text=True, env=env)
+    check(out.returncode == 0, "check-config of etc/pgvigil.yaml exit %d: %s" % (out.returncode, out.stderr))
+    check("example-secret-value" not in out.stdout + out.stderr, "a secret was printed")
+    check("redacted" in out.stdout, "effective config does not show redacted secrets")
+    check("daily-backup" in out.stdout, "effective config lacks the jobs")
+
+
+@test
+def check_config_reports_position(cluster):
+    d = Daemon()
+    try:
+        d.write_config(base_config(d, cluster, HEALTH_FAST + "  bad: { type: health, database: nowhere, every: 1s }\n")
+                       + "bogus_key: 1\n")
+        out = subprocess.run([PGVIGILD, "--check-config", "-c", d.config], capture_output=True, text=True,
+                             env=dict(os.environ, DEMO_PASS=PASSWORD))
+        check(out.returncode == 1, "exit %d" % out.returncode)
+        check("pgvigil.yaml:" in out.stderr and "bogus_key" in out.stderr, "unknown key not reported: " + out.stderr)
+        check("nowhere" in out.stderr, "dangling database reference not reported: " + out.stderr)
+        # malformed YAML
+        d.write_config("daemon:\n  state_dir: [unclosed\n")
+        out = subprocess.run([PGVIGILD, "--check-config", "-c", d.config], capture_output=True, text=True)
+        check(out.returncode == 1 and "pgvigil.yaml:" in out.stderr, "syntax error: " + out.stderr)
+        # the daemon refuses to start on a bad config, with the reason
+        out = subprocess.run([PGVIGILD, "--foreground", "-c", d.config], capture_output=True, text=True, timeout=10)
+        check(out.returncode == 1 and "pgvigil.yaml:" in out.stderr, "start with bad config: " + out.stderr)
+    finally:
+        d.cleanup()
+
+
+@test
+def unavailable_job_type_refused(cluster):
+    d = Daemon()
+    try:
+        d.write_config(base_config(d, cluster, HEALTH_FAST +
+                                   "  nightly: { type: backup, database: demo, schedule: \"0 2 * * *\", keep: 7 }\n"))
+        out = subprocess.run([PGVIGILD, "--check-config", "-c", d.config], capture_output=True, text=True,
+                             env=dict(os.environ, DEMO_PASS=PASSWORD))
+        check(out.returncode == 0, "check-config should accept (with a warning): " + out.stderr)
+        check("not yet available" in out.stderr, "no warning about the unavailable type: " + out.stderr)
+        out = subprocess.run([PGVIGILD, "--foreground", "-c", d.config], capture_output=True, text=True,
+                             timeout=10, env=dict(os.environ, DEMO_PASS=PASSWORD))
+        check(out.returncode == 1, "daemon started with an unavailable job type")
+        check("backup" in out.stderr and "not yet available" in out.stderr, "reason not stated: " + out.stderr)
+    finally:
+        d.cleanup()
+
+
+@test
+def start_status_jobs_run(cluster):
+    d = Daemon()
+    try:
+        d.write_config(base_config(d, cluster, HEALTH_FAST +
+                                   "  hourly-health: { type: health, database: demo, schedule: \"0 * * * *\" }\n"))
+        d.start()
+        wait_for(lambda: any(r["result"] == "ok" for r in d.runs("health")), 10, "a successful health run")
+        st = d.ctl_json("status")
+        check(st["version"] and st["pid"] == d.proc.pid, "status: %r" % st)
+        db = st["databases"][0]
+        check(db["name"] == "demo" and db["health"]["result"] == "ok", "status health: %r" % db)
+        check(db["health"]["figures"]["server_version_num"] >= 150000, "server version: %r" % db)
+        human = d.ctl("status", check_rc=0).stdout
+        check("demo" in human and "ok" in human, "human status: " + human)
+        jobs = {j["name"]: j for j in d.ctl_json("jobs")["jobs"]}
+        check(set(jobs) == {"health", "hourly-health"}, "jobs: %r" % jobs)
+        check(jobs["hourly-health"]["next_run"].endswith(":00:00Z"), "next_run: %r" % jobs["hourly-health"])
+        check(jobs["health"]["every"] == "1s", "every: %r" % jobs["health"])
+        human = d.ctl("jobs", check_rc=0).stdout
+        check("hourly-health" in human and "0 * * * *" in human, "human jobs: " + human)
+        # manual run of the calendar job is recorded with trigger manual
+        out = d.ctl("run", "hourly-health", check_rc=0)
+        check("started hourly-health" in out.stdout, out.stdout)
+        wait_for(lambda: any(r["trigger"] == "manual" and r["result"] == "ok" for r in d.runs("hourly-health")),
+                 10, "manual run recorded")
+        check("control command cmd=run uid=0" in d.logtext(), "mutating command not audited")
+        out = d.ctl("run", "no-such-job", check_rc=1)
+        check("no job named" in out.stderr, out.stderr)
+        # interval runs keep coming: at least 3 in ~3s
+        n0 = len(d.runs("health"))
+        time.sleep(3.2)
+        check(len(d.runs("health")) - n0 >= 2, "health runs not periodic")
+        check(d.stop() == 0, "exit status")
+        check(not os.path.exists(d.socket), "control socket left behind")
+    finally:
+        d.cleanup()
+
+
+@test
+def reload_good_and_bad(cluster):
+    d = Daemon()
+    try:
+        d.write_config(base_config(d, cluster, HEALTH_FAST))
+        d.start()
+        # good reload via SIGHUP: a new job appears
+        d.write_config(base_config(d, cluster, HEALTH_FAST + "  second: { type: health, database: demo, every: 1s }\n"))
+        n = len(d.notes)
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_note("RELOADING=1", 5, since=n)
+        d.wait_note("READY=1", 5, since=n)
+        wait_for(lambda: "second" in {j["name"] for j in d.ctl_json("jobs")["jobs"]}, 5, "new job after reload")
+        wait_for(lambda: d.runs("second"), 5, "new job runs")
+        st = d.ctl_json("status")
+        check(st["reload"]["ok"] and st["reload"]["count"] == 1, "reload status: %r" % st["reload"])
+        # bad reload: old config continues, status shows why
+        d.write_config(base_config(d, cluster, HEALTH_FAST + "  third: { type: health, database: demo, every: soon }\n"))
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: d.ctl_json("status")["reload"]["count"] == 2, 5, "second reload")
+        st = d.ctl_json("status")
+        check(not st["reload"]["ok"] and "third" in st["reload"]["error"], "bad reload status: %r" % st["reload"])
+        check("pgvigil.yaml:" in st["reload"]["error"], "reload error lacks position: %r" % st["reload"])
+        human = d.ctl("status", check_rc=0).stdout
+        check("FAILED" in human, "human status does not show the failed reload: " + human)
+        names = {j["name"] for j in d.ctl_json("jobs")["jobs"]}
+        check(names == {"health", "second"}, "jobs changed after bad reload: %r" % names)
+        n = len(d.runs("second"))
+        wait_for(lambda: len(d.runs("second")) > n, 5, "old config keeps running")
+        # reload through the socket reports the error too
+        out = d.ctl("reload", check_rc=1)
+        check("previous configuration kept" in out.stderr, out.stderr)
+        check(d.proc.poll() is None, "daemon died on bad reload")
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+
+
+@test
+def non_admin_may_read_not_mutate(cluster):
+    d = Daemon()
+    try:
+        d.write_config(base_config(d, cluster, HEALTH_FAST))
+        d.start()
+        out = d.ctl("--json", "status", user="nobody", check_rc=0)
+        check(json.loads(out.stdout)["pid"] == d.proc.pid, "non-admin status")
+        out = d.ctl("run", "health", user="nobody", check_rc=1)
+        check("permission denied" in out.stderr, "non-admin run: " + out.stderr)
+        out = d.ctl("reload", user="nobody", check_rc=1)
+        check("permission denied" in out.stderr, "non-admin reload: " + out.stderr)
+        check("control command refused cmd=run uid=65534" in d.logtext(), "refusal not logged")
+        check(d.ctl_json("status")["reload"]["count"] == 0, "refused reload happened")
+    finally:
+        d.stop()
+        d.cleanup()
+
+
+@test
+def health_failures_recorded(cluster):
+    d = Daemon(env_extra={"WRONG_PASS": "not-the-password"})
+    try:
+        extra = """  wrongpw:
+    conninfo: "host=127.0.0.1 port=%d dbname=demo user=vigil"
+    password: env:WRONG_PASS
+  closed:
+    conninfo: "host=127.0.0.1 port=1 dbname=demo user=vigil"
+""" % cluster.port
+        jobs = ("  wp: { type: health, database: wrongpw, every: 1s }\n"
+                "  cl: { type: health, database: closed, every: 1s }\n")
+        d.write_config(base_config(d, cluster, jobs, extra_db=extra))
+        d.start()
+        wait_for(lambda: d.runs("wp") and d.runs("wp")[0]["result"], 10, "wrong-password run")
+        r = d.runs("wp")[0]
+        check(r["result"] == "failed" and "password authentication failed" in r["cause"], "wrong password: %r" % r)
+        check(PASSWORD not in d.logtext() and "not-the-password" not in d.logtext(), "password logged")
+        wait_for(lambda: d.runs("cl") and d.runs("cl")[0]["result"], 10, "refused run")
+        r = d.runs("cl")[0]
+        check(r["result"] == "failed" and "refused" in r["cause"].lower(), "closed port: %r" % r)
+        st = {x["name"]: x for x in d.ctl_json("status")["databases"]}
+        check(st["wrongpw"]["health"]["result"] == "failed", "status of failing db: %r" % st)
+    finally:
+        d.stop()
+        d.cleanup()
+
+
+@test
+def silent_server_times_out_loop_stays_live(cluster):
+    """A listener that accepts and never answers: the health run times out at its deadline while
+    the other job's 1s timer keeps firing on time."""
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+    port = lsock.getsockname()[1]
+    accepted = []
+    stop = threading.Event()
+
+    def acceptor():
+        lsock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                c, _ = lsock.accept()
+                accepted.append(c)
+            except socket.timeout:
+                pass
+    t = threading.Thread(target=acceptor, daemon=True)
+    t.start()
+    d = Daemon()
+    try:
+        extra = """  silent:
+    conninfo: "host=127.0.0.1 port=%d dbname=demo user=vigil connect_timeout=1"
+""" % port
+        jobs = HEALTH_FAST + "  hang: { type: health, database: silent, every: 1h, timeout: 3s }\n"
+        d.write_config(base_config(d, cluster, jobs, extra_db=extra))
+        d.start()
+        wait_for(lambda: d.runs("hang") and d.runs("hang")[0]["result"], 10, "the silent server's run to end")
+        r = d.runs("hang")[0]
+        check(r["result"] == "timeout", "result: %r" % r)
+        check(2.8 <= r["duration"] <= 4.0, "deadline not honoured: %.3fs" % r["duration"])
+        check(accepted, "the daemon never connected to the silent server")
+        # the other job kept its 1s rhythm during the 3s stall
+        hr = [x for x in d.runs("health") if x["started"] <= r["finished"] + 1]
+        check(len(hr) >= 3, "health runs during the stall: %d" % len(hr))
+        starts = [x["started"] for x in hr]
+        gaps = [b - a for a, b in zip(starts, starts[1:])]
+        check(max(gaps) <= 2, "timer stalled: gaps %r" % gaps)
+    finally:
+        stop.set()
+        d.stop()
+        d.cleanup()
+        for c in accepted:
+            c.close()
+        lsock.close()
+
+
+@test
+def sigterm_graceful(cluster):
+    d = Daemon()
+    try:
+        d.write_config(base_config(d, cluster, HEALTH_FAST))
+        d.start()
+        wait_for(lambda: d.runs("health"), 10, "a run")
+        n = len(d.notes)
+        t0 = time.monotonic()
+        rc = d.stop(signal.SIGTERM, timeout=25)
+        check(rc == 0, "exit status %r" % rc)
+        check(time.monotonic() - t0 < 21, "stop took too long")
+        d.read_notes()
+        check("STOPPING=1" in d.notes[n:], "no STOPPING=1")
+        check(not os.path.exists(d.socket), "socket left behind")
+        # no children left behind in the daemon's process group
+        out = subprocess.run(["pgrep", "-g", str(d.proc.pid)], capture_output=True, text=True)
+        check(out.stdout.strip() == "", "processes left: " + out.stdout)
+        check(all(r["result"] is not None for r in d.runs()), "unfinished run left in state")
+        # SIGINT works the same
+        d.start()
+        check(d.stop(signal.SIGINT) == 0, "SIGINT exit status")
+    finally:
+        d.cleanup()
+
+
+@test
+def kill9_restart_catch_up(cluster):
+    d = Daemon()
+    try:
+        jobs = HEALTH_FAST + "  daily: { type: health, database: demo, schedule: \"0 3 * * *\", timezone: Europe/Paris }\n"
+        d.write_config(base_config(d, cluster, jobs))
+        d.start()
+        wait_for(lambda: len([r for r in d.runs("health") if r["result"]]) >= 2, 10, "two runs")
+        d.proc.kill()
+        d.proc.wait()
+        before = d.runs()
+        finished_before = {r["id"]: r for r in before if r["result"]}
+        # the daemon was down across the 03:00 Paris slot: pretend the last handled slot is two days old
+        with d.db() as c:
+            c.execute("UPDATE sched SET last_slot = ? WHERE job = 'daily'", (int(time.time()) - 2 * 86400,))
+        d.start()
+        after = {r["id"]: r for r in d.runs()}
+        for rid, r in finished_before.items():
+            check(after.get(rid) == r, "run %d changed or lost after kill -9: %r" % (rid, after.get(rid)))
+        for r in before:
+            if r["result"] is None:
+                check(after[r["id"]]["result"] == "interrupted", "unfinished run not marked interrupted")
+        wait_for(lambda: [r for r in d.runs("daily") if r["trigger"] == "catch_up" and r["result"] == "ok"], 10,
+                 "the catch-up run")
+        time.sleep(1.5)
+        check(len([r for r in d.runs("daily") if r["trigger"] == "catch_up"]) == 1, "more than one catch-up run")
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+
+
+@test
+def journal_prefixes_and_watchdog(cluster):
+    d = Daemon()
+    try:
+        d.write_config(base_config(d, cluster, HEALTH_FAST))
+        log = open(d.log_path, "ab")
+        st = os.fstat(log.fileno())
+        d.log = log
+        env = dict(os.environ, NOTIFY_SOCKET=d.notify_path, DEMO_PASS=PASSWORD,
+                   JOURNAL_STREAM="%d:%d" % (st.st_dev, st.st_ino), WATCHDOG_USEC="400000")
+        d.proc = subprocess.Popen([PGVIGILD, "--foreground", "-c", d.config], stdout=log, stderr=log, env=env)
+        d.wait_note("READY=1", 10)
+        time.sleep(1.0)
+        d.read_notes()
+        check(d.notes.count("WATCHDOG=1") >= 3, "watchdog pings: %r" % d.notes)
+        check(any(n.startswith("STATUS=") for n in d.notes), "no STATUS=")
+        d.stop()
+        lines = [l for l in d.logtext().splitlines() if l]
+        check(lines and all(l[0] == "<" and l[2] == ">" for l in lines), "lines without <N> prefix: %r" % lines[:3])
+        check(any(l.startswith("<5>") for l in lines) and any(l.startswith("<6>") for l in lines),
+              "expected notice and info priorities")
+    finally:
+        d.cleanup()
+
+
+@test
+def socket_conflicts_and_ctl_errors(cluster):
+    d = Daemon()
+    d2 = Daemon()
+    try:
+        # a stale socket file from a crash is replaced
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(d.socket)
+        s.close()
+        d.write_config(base_config(d, cluster, HEALTH_FAST))
+        d.start()
+        # a second daemon on the same socket is refused
+        cfg = base_config(d, cluster, HEALTH_FAST).replace(d.state_dir, d2.state_dir)
+        d2.write_config(cfg)
+        out = subprocess.run([PGVIGILD, "--foreground", "-c", d2.config], capture_output=True, text=True,
+                             timeout=10, env=dict(os.environ, DEMO_PASS=PASSWORD))
+        check(out.returncode == 1 and "in use" in out.stderr, "second daemon: " + out.stderr)
+        d.ctl("status", check_rc=0)
+        # CLI exit statuses
+        out = subprocess.run([PGVIGILCTL, "-s", os.path.join(d.dir, "nope.sock"), "status"], capture_output=True)
+        check(out.returncode == 3, "unreachable exit %d" % out.returncode)
+        out = subprocess.run([PGVIGILCTL, "-s", d.socket, "frobnicate"], capture_output=True)
+        check(out.returncode == 2, "usage exit %d" % out.returncode)
+        out = subprocess.run([PGVIGILCTL, "-s", d.socket, "run"], capture_output=True)
+        check(out.returncode == 2, "usage exit %d" % out.returncode)
+        # garbage on the socket gets an error answer and the daemon lives on
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(d.socket)
+        c.sendall(b"this is not json\n{\"cmd\": \"nope\"}\n")
+        buf = b""
+        c.settimeout(5)
+        while buf.count(b"\n") < 2:
+            chunk = c.recv(4096)
+            if not chunk:
+                break
+            buf += chunk
+        c.close()
+        answers = [json.loads(l) for l in buf.decode().splitlines()]
+        check(len(answers) == 2 and not answers[0]["ok"] and answers[1]["error"]["code"] == "usage",
+              "garbage answers: %r" % answers)
+        d.ctl("status", check_rc=0)
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+        d2.cleanup()
+
+
+@test
+def background_start(cluster):
+    """Without --foreground the parent returns once the daemon is ready (exit 0) or failed (exit 1)."""
+    d = Daemon()
+    try:
+        d.write_config(base_config(d, cluster, HEALTH_FAST))
+        out = subprocess.run([PGVIGILD, "-c", d.config], capture_output=True, text=True, timeout=20,
+                             env=dict(os.environ, DEMO_PASS=PASSWORD))
+        check(out.returncode == 0, "background start: %d %s" % (out.returncode, out.stderr))
+        pid = d.ctl_json("status")["pid"]
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not os.path.exists("/proc/%d" % pid), 25, "background daemon to exit")
+        d.write_config("daemon: [\n")
+        out = subprocess.run([PGVIGILD, "-c", d.config], capture_output=True, text=True, timeout=20)
+        check(out.returncode == 1, "background start with bad config: %d" % out.returncode)
+    finally:
+        d.cleanup()
+
+
+@test
+def schedule_command_offline(cluster):
+    out = subprocess.run([PGVIGILCTL, "schedule", "0 2 * * *", "--tz", "Europe/Paris", "--from",
+                          "2026-03-28T00:00:00Z", "--count", "3"], capture_output=True, text=True)
+    check(out.returncode == 0, out.stderr)
+    check(out.stdout.split() == ["2026-03-28T01:00:00Z", "2026-03-29T01:00:00Z", "2026-03-30T00:00:00Z"],
+          "Paris spring gap: %r" % out.stdout)
+    out = subprocess.run([PGVIGILCTL, "schedule", "30 1 * * *", "--tz", "America/New_York", "--from",
+                          "2026-10-31T12:00:00Z", "--count", "2"], capture_output=True, text=True)
+    check(out.stdout.split() == ["2026-11-01T05:30:00Z", "2026-11-02T06:30:00Z"], "NY overlap: %r" % out.stdout)
+    out = subprocess.run([PGVIGILCTL, "schedule", "61 * * * *"], capture_output=True, text=True)
+    check(out.returncode == 2 and "minute" in out.stderr, "bad cron: %d %s" % (out.returncode, out.stderr))
+    out = subprocess.run([PGVIGILCTL, "schedule", "* * * * *", "--tz", "Mars/Olympus"], capture_output=True,
+                         text=True)
+    check(out.returncode == 2 and "Mars/Olympus" in out.stderr, "bad tz: " + out.stderr)
+
+
+def main():
+    only = sys.argv[1:]
+    if os.geteuid() != 0:
+        print("e2e: these tests need root (a system user runs the PostgreSQL cluster; another is the non-admin peer)")
+    cluster = Cluster()
+    passed = failed = 0
+    try:
+        for fn in TESTS:
+            if only and fn.__name__ not in only:
+                continue
+            t0 = time.monotonic()
+            try:
+                fn(cluster)
+                passed += 1
+                print("ok   %-45s %.1fs" % (fn.__name__, time.monotonic() - t0), flush=True)
+            except Exception as e:  # noqa: BLE001 - report every failure, keep going
+                failed += 1
+                print("FAIL %-45s %.1fs" % (fn.__name__, time.monotonic() - t0), flush=True)
+                if isinstance(e, Failure):
+                    print("     " + str(e).replace("\n", "\n     "))
+                else:
+                    traceback.print_exc()
+    finally:
+        cluster.stop()
+    print("e2e: %d passed, %d failed" % (passed, failed))
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

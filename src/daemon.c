@@ -1,0 +1,764 @@
+/* The running daemon: configuration in force, state, scheduler, job runs, reload and shutdown. */
+#include "daemon.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <event2/dns.h>
+#include <event2/event.h>
+
+#include "config/config.h"
+#include "ctl/commands.h"
+#include "ctl/server.h"
+#include "jobs/job.h"
+#include "loop/notify.h"
+#include "loop/proc.h"
+#include "sched/cron.h"
+#include "sched/sched.h"
+#include "state/state.h"
+#include "util/log.h"
+#include "util/mem.h"
+
+/* How long SIGTERM waits for running jobs to stop before exiting anyway. */
+#define STOP_BOUND_SEC 20
+
+struct active_run {
+	struct pv_job_run run;
+	const struct pv_job_ops *ops;
+	struct pv_daemon *d;
+	struct event *finish_ev; /* completion is handled outside the job's own callbacks */
+	struct active_run *next;
+};
+
+struct pv_daemon {
+	struct event_base *base;
+	struct evdns_base *dns;
+	char *config_path;
+	struct pv_config *cfg;
+	struct pv_state *state;
+	struct pv_sched *sched;
+	struct pv_ctl_server *ctl;
+	struct event *ev_hup, *ev_term, *ev_int, *ev_tick, *ev_stop;
+	time_t started;
+	double started_mono;
+	struct {
+		time_t at;
+		bool ok;
+		int count;
+		char error[PV_ERROR_MSG_MAX];
+	} reload;
+	struct active_run *runs;
+	bool stopping;
+	int ready_fd;
+};
+
+static void schedule_tick(struct pv_daemon *d, double delay);
+
+static void
+strv_push(struct pv_strv *sv, char *s)
+{
+	sv->v = pv_realloc(sv->v, (sv->n + 1) * sizeof(*sv->v));
+	sv->v[sv->n++] = s;
+}
+
+bool
+pv_daemon_check_job_types(const struct pv_config *cfg, struct pv_strv *problems)
+{
+	bool ok = true;
+
+	for (size_t i = 0; i < cfg->n_jobs; i++) {
+		const struct pv_config_job *job = &cfg->jobs[i];
+		if (pv_jobs_ops(job->type) != NULL)
+			continue;
+		ok = false;
+		if (problems != NULL)
+			strv_push(problems,
+			          pv_asprintf("jobs.%s: job type \"%s\" is not yet available in pgvigil %s",
+			                      job->name, pv_job_type_name(job->type), PV_VERSION));
+	}
+	return ok;
+}
+
+/* ---- loading ---- */
+
+static struct pv_config *
+load_config(const char *path, struct pv_error *err)
+{
+	struct pv_config_diag diag = {0};
+	struct pv_config *cfg = pv_config_load(path, &diag, err);
+	struct pv_strv problems = {0};
+
+	for (size_t i = 0; i < diag.errors.n; i++)
+		pv_log_error("configuration error: %s", diag.errors.v[i]);
+	for (size_t i = 0; i < diag.warnings.n; i++)
+		pv_log_warn("configuration warning: %s", diag.warnings.v[i]);
+	if (cfg != NULL && diag.errors.n > 1)
+		pv_error_prefix(err, "(%zu errors) ", diag.errors.n);
+	pv_config_diag_free(&diag);
+	if (cfg == NULL)
+		return NULL;
+	if (!pv_daemon_check_job_types(cfg, &problems)) {
+		for (size_t i = 0; i < problems.n; i++)
+			pv_log_error("%s", problems.v[i]);
+		pv_error_set(err, PV_ERR_CONFIG, "%s; remove the job or upgrade pgvigil", problems.v[0]);
+		for (size_t i = 0; i < problems.n; i++)
+			free(problems.v[i]);
+		free(problems.v);
+		pv_config_unref(cfg);
+		return NULL;
+	}
+	return cfg;
+}
+
+/* ---- job runs ---- */
+
+static struct active_run *
+find_running(struct pv_daemon *d, const char *job)
+{
+	for (struct active_run *ar = d->runs; ar != NULL; ar = ar->next) {
+		if (strcmp(ar->run.job->name, job) == 0)
+			return ar;
+	}
+	return NULL;
+}
+
+static void
+finish_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct active_run *ar = arg;
+	struct pv_daemon *d = ar->d;
+	struct pv_job_run *run = &ar->run;
+	struct pv_error err;
+	double duration = pv_now_mono() - run->started_mono;
+	char *figures = run->figures != NULL ? json_dumps(run->figures, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+
+	if (!pv_state_run_end(d->state, run->id, time(NULL), duration, pv_run_result_name(run->result),
+	                      run->cause[0] ? run->cause : NULL, figures, &err))
+		pv_log_error("cannot record run end job=%s run=%lld error=%s", run->job->name,
+		             (long long)run->id, pv_log_quote(err.msg));
+	if (run->result == PV_RUN_OK)
+		pv_log_info("job finished job=%s run=%lld result=ok duration=%.3fs", run->job->name,
+		            (long long)run->id, duration);
+	else
+		pv_log_warn("job finished job=%s run=%lld result=%s duration=%.3fs cause=%s", run->job->name,
+		            (long long)run->id, pv_run_result_name(run->result), duration,
+		            pv_log_quote(run->cause));
+	pv_sched_run_finished(d->sched, run->job->name);
+
+	for (struct active_run **pp = &d->runs; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == ar) {
+			*pp = ar->next;
+			break;
+		}
+	}
+	free(figures);
+	json_decref(run->figures);
+	event_free(ar->finish_ev);
+	pv_config_unref(run->cfg);
+	free(ar);
+
+	if (d->stopping) {
+		if (d->runs == NULL)
+			event_base_loopexit(d->base, NULL);
+		return;
+	}
+	/* A heavy job may be waiting for this slot. */
+	schedule_tick(d, 0);
+}
+
+static void
+run_done(struct pv_job_run *run)
+{
+	struct active_run *ar = (struct active_run *)run;
+	event_active(ar->finish_ev, EV_TIMEOUT, 0);
+}
+
+/* from_sched: the planner already counts the run as started. */
+static bool
+start_run(struct pv_daemon *d, const struct pv_config_job *job, const char *trigger, time_t slot,
+          bool from_sched, int64_t *id_out, struct pv_error *err)
+{
+	const struct pv_job_ops *ops = pv_jobs_ops(job->type);
+	struct active_run *ar;
+	struct pv_job_run *run;
+
+	if (ops == NULL)
+		return pv_error_set(err, PV_ERR_INTERNAL, "job type %s is not available",
+		                    pv_job_type_name(job->type));
+	if (find_running(d, job->name) != NULL)
+		return pv_error_set(err, PV_ERR_BUSY, "job %s is already running", job->name);
+	if (!from_sched && !pv_sched_run_started(d->sched, job->name, err))
+		return false;
+
+	ar = pv_calloc(1, sizeof(*ar));
+	ar->d = d;
+	ar->ops = ops;
+	ar->finish_ev = event_new(d->base, -1, 0, finish_cb, ar);
+	run = &ar->run;
+	run->cfg = pv_config_ref(d->cfg);
+	run->job = job;
+	run->base = d->base;
+	run->dns = d->dns;
+	run->state = d->state;
+	run->scheduled_for = slot;
+	run->started = time(NULL);
+	run->started_mono = pv_now_mono();
+	run->deadline_mono = run->started_mono + (double)pv_config_job_timeout(job);
+	run->trigger = trigger;
+	run->figures = json_object();
+	run->on_done = run_done;
+	run->runner_arg = d;
+
+	if (!pv_state_run_begin(d->state, job->name, pv_job_type_name(job->type),
+	                        job->database != NULL ? job->database->name : NULL, trigger, slot,
+	                        run->started, &run->id, err)) {
+		pv_error_prefix(err, "cannot record run start: ");
+		if (!from_sched)
+			pv_sched_run_finished(d->sched, job->name);
+		pv_config_unref(run->cfg);
+		json_decref(run->figures);
+		event_free(ar->finish_ev);
+		free(ar);
+		return false;
+	}
+	ar->next = d->runs;
+	d->runs = ar;
+	pv_log_info("job started job=%s run=%lld type=%s trigger=%s", job->name, (long long)run->id,
+	            pv_job_type_name(job->type), trigger);
+	if (id_out != NULL)
+		*id_out = run->id;
+	if (!ops->start(run)) {
+		/* The run is recorded as failed through the normal completion path. */
+		if (run->cause[0] == '\0')
+			snprintf(run->cause, sizeof(run->cause), "could not start");
+		run->result = PV_RUN_FAILED;
+		event_active(ar->finish_ev, EV_TIMEOUT, 0);
+	}
+	return true;
+}
+
+/* ---- scheduling ---- */
+
+static void
+persist_slot(struct pv_daemon *d, const char *job)
+{
+	struct pv_error err;
+	time_t slot;
+
+	if (!pv_sched_last_slot(d->sched, job, &slot))
+		return;
+	if (!pv_state_sched_set(d->state, job, slot, &err))
+		pv_log_error("cannot record schedule job=%s error=%s", job, pv_log_quote(err.msg));
+}
+
+static bool
+sched_load(struct pv_daemon *d, struct pv_config *cfg, struct pv_error *err)
+{
+	time_t now = time(NULL);
+	struct pv_sched_job *jobs = pv_calloc(cfg->n_jobs, sizeof(*jobs));
+	bool ok;
+
+	for (size_t i = 0; i < cfg->n_jobs; i++) {
+		const struct pv_config_job *job = &cfg->jobs[i];
+		struct pv_error serr;
+
+		jobs[i] = (struct pv_sched_job){
+		        .name = job->name,
+		        .cron = job->cron,
+		        .tz = job->tz,
+		        .every = (double)job->every,
+		        .jitter = (int)job->jitter,
+		        .grace = (int)job->grace,
+		        .catch_up = job->catch_up,
+		        .heavy = job->heavy,
+		};
+		if (job->cron == NULL)
+			continue;
+		jobs[i].has_last_slot = pv_state_sched_get(d->state, job->name, &jobs[i].last_slot, &serr);
+		if (!jobs[i].has_last_slot &&
+		    !pv_state_sched_set(d->state, job->name, now,
+		                        &serr)) /* first sight: nothing missed before now */
+			pv_log_error("cannot record schedule job=%s error=%s", job->name,
+			             pv_log_quote(serr.msg));
+	}
+	pv_sched_set_max_parallel(d->sched, cfg->daemon.max_parallel_jobs);
+	ok = pv_sched_configure(d->sched, jobs, cfg->n_jobs, now, pv_now_mono(), err);
+	free(jobs);
+	return ok;
+}
+
+static void
+tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pv_daemon *d = arg;
+	struct pv_sched_tick tick;
+	time_t now = time(NULL);
+	double mono = pv_now_mono();
+
+	if (d->stopping)
+		return;
+	pv_sched_tick(d->sched, now, mono, &tick);
+	if (tick.clock_jumped)
+		pv_log_warn("wall clock jumped: schedule recomputed");
+	for (size_t i = 0; i < tick.nmissed; i++) {
+		const struct pv_sched_miss *m = &tick.missed[i];
+		pv_log_warn("scheduled run missed job=%s slot=%lld reason=%s", m->job, (long long)m->slot,
+		            pv_sched_miss_reason_name(m->reason));
+		if (m->calendar)
+			persist_slot(d, m->job);
+	}
+	for (size_t i = 0; i < tick.nruns; i++) {
+		const struct pv_sched_run *r = &tick.runs[i];
+		const struct pv_config_job *job = pv_config_job_find(d->cfg, r->job);
+		struct pv_error err;
+
+		if (r->calendar)
+			persist_slot(d, r->job);
+		if (job == NULL || !start_run(d, job, pv_sched_trigger_name(r->trigger),
+		                              r->calendar ? r->slot : 0, true, NULL, &err)) {
+			pv_log_error("cannot start job=%s error=%s", r->job,
+			             job == NULL ? "not configured" : pv_log_quote(err.msg));
+			pv_sched_run_finished(d->sched, r->job);
+		}
+	}
+	pv_sched_tick_clear(&tick);
+	schedule_tick(d, pv_sched_next_wakeup(d->sched, time(NULL), pv_now_mono()));
+}
+
+static void
+schedule_tick(struct pv_daemon *d, double delay)
+{
+	struct timeval tv;
+
+	if (delay < 0)
+		delay = 0;
+	/* Wake within a minute whatever the plan, so wall-clock jumps are noticed. */
+	if (delay > 60)
+		delay = 60;
+	tv.tv_sec = (time_t)delay;
+	tv.tv_usec = (suseconds_t)((delay - (double)tv.tv_sec) * 1e6);
+	event_add(d->ev_tick, &tv);
+}
+
+/* ---- reload and stop ---- */
+
+bool
+pv_daemon_reload(struct pv_daemon *d, struct pv_error *err)
+{
+	struct pv_config *cfg;
+	struct pv_error lerr;
+	enum pv_log_level level;
+
+	pv_notify_reloading();
+	pv_log_notice("reloading configuration file=%s", d->config_path);
+	d->reload.at = time(NULL);
+	d->reload.count++;
+	cfg = load_config(d->config_path, &lerr);
+	if (cfg == NULL) {
+		d->reload.ok = false;
+		snprintf(d->reload.error, sizeof(d->reload.error), "%s", lerr.msg);
+		pv_log_error("reload failed, keeping the previous configuration error=%s",
+		             pv_log_quote(lerr.msg));
+		pv_notify_status("reload failed: %s", lerr.msg);
+		pv_notify_ready();
+		if (err != NULL)
+			*err = lerr;
+		return false;
+	}
+	if (strcmp(cfg->daemon.socket, d->cfg->daemon.socket) != 0 ||
+	    strcmp(cfg->daemon.state_dir, d->cfg->daemon.state_dir) != 0)
+		pv_log_warn(
+		        "daemon.socket and daemon.state_dir take effect at restart; still using socket=%s "
+		        "state_dir=%s",
+		        d->cfg->daemon.socket, d->cfg->daemon.state_dir);
+	if (!sched_load(d, cfg, &lerr)) {
+		d->reload.ok = false;
+		snprintf(d->reload.error, sizeof(d->reload.error), "%s", lerr.msg);
+		pv_log_error("reload failed, keeping the previous configuration error=%s",
+		             pv_log_quote(lerr.msg));
+		pv_config_unref(cfg);
+		pv_notify_ready();
+		if (err != NULL)
+			*err = lerr;
+		return false;
+	}
+	/* Running jobs keep the configuration they started with (they hold a reference). */
+	pv_config_unref(d->cfg);
+	d->cfg = cfg;
+	level = cfg->daemon.log_level;
+	pv_log_set_level(level);
+	d->reload.ok = true;
+	d->reload.error[0] = '\0';
+	pv_log_notice("configuration reloaded jobs=%zu databases=%zu", cfg->n_jobs, cfg->n_databases);
+	pv_notify_status("running: %zu jobs", cfg->n_jobs);
+	pv_notify_ready();
+	schedule_tick(d, 0);
+	return true;
+}
+
+static void
+hup_cb(evutil_socket_t fd, short what, void *arg)
+{
+	pv_daemon_reload(arg, NULL);
+}
+
+static void
+stop_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pv_daemon *d = arg;
+	int n = 0;
+	for (struct active_run *ar = d->runs; ar != NULL; ar = ar->next)
+		n++;
+	pv_log_error("stop: %d job(s) did not finish within %ds; exiting anyway", n, STOP_BOUND_SEC);
+	event_base_loopbreak(d->base);
+}
+
+static void
+term_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pv_daemon *d = arg;
+	struct timeval bound = {STOP_BOUND_SEC, 0};
+
+	if (d->stopping) {
+		pv_log_notice("second stop signal: exiting now");
+		event_base_loopbreak(d->base);
+		return;
+	}
+	d->stopping = true;
+	pv_notify_stopping();
+	pv_log_notice("stopping signal=%s running=%s", fd == SIGINT ? "INT" : "TERM", d->runs ? "yes" : "no");
+	event_del(d->ev_tick);
+	for (struct active_run *ar = d->runs; ar != NULL; ar = ar->next) {
+		ar->run.cancel_requested = true;
+		if (ar->ops->cancel != NULL)
+			ar->ops->cancel(&ar->run);
+	}
+	pv_proc_cancel_all();
+	if (d->runs == NULL) {
+		event_base_loopexit(d->base, NULL);
+		return;
+	}
+	d->ev_stop = evtimer_new(d->base, stop_timeout_cb, d);
+	event_add(d->ev_stop, &bound);
+}
+
+/* ---- lifecycle ---- */
+
+static bool
+ensure_dir(const char *path, mode_t mode, struct pv_error *err)
+{
+	struct stat st;
+
+	if (stat(path, &st) == 0) {
+		if (!S_ISDIR(st.st_mode))
+			return pv_error_set(err, PV_ERR_IO, "%s exists and is not a directory", path);
+		return true;
+	}
+	if (mkdir(path, mode) != 0)
+		return pv_error_set(err, PV_ERR_IO, "cannot create directory %s: %s", path, strerror(errno));
+	return true;
+}
+
+static bool
+ctl_is_admin(void *ctx, uid_t uid, gid_t gid)
+{
+	return pv_daemon_is_admin(ctx, uid, gid);
+}
+
+bool
+pv_daemon_is_admin(struct pv_daemon *d, uid_t uid, gid_t gid)
+{
+	/* The daemon's own user can always manage it. */
+	if (uid == geteuid())
+		return true;
+	return pv_ctl_peer_in_list(uid, gid, &d->cfg->daemon.admins);
+}
+
+struct pv_daemon *
+pv_daemon_new(const struct pv_daemon_opts *opts, struct pv_error *err)
+{
+	struct pv_daemon *d = pv_calloc(1, sizeof(*d));
+	char *state_path;
+
+	d->config_path = pv_strdup(opts->config_path);
+	d->ready_fd = opts->ready_fd;
+	d->started = time(NULL);
+	d->started_mono = pv_now_mono();
+	d->reload.ok = true;
+
+	d->cfg = load_config(d->config_path, err);
+	if (d->cfg == NULL)
+		goto fail;
+	pv_log_set_level(d->cfg->daemon.log_level);
+
+	d->base = event_base_new();
+	if (d->base == NULL) {
+		pv_error_set(err, PV_ERR_INTERNAL, "cannot create the event loop");
+		goto fail;
+	}
+	d->dns =
+	        evdns_base_new(d->base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+	if (d->dns == NULL) {
+		/* No resolv.conf: names cannot be resolved, addresses and sockets still work. */
+		d->dns = evdns_base_new(d->base, 0);
+	}
+	if (!pv_proc_init(d->base, err))
+		goto fail;
+
+	if (!ensure_dir(d->cfg->daemon.state_dir, 0700, err))
+		goto fail;
+	state_path = pv_asprintf("%s/state.db", d->cfg->daemon.state_dir);
+	if (!pv_state_open(state_path, &d->state, err)) {
+		free(state_path);
+		goto fail;
+	}
+	free(state_path);
+
+	d->sched = pv_sched_new(d->cfg->daemon.max_parallel_jobs);
+	if (!sched_load(d, d->cfg, err))
+		goto fail;
+
+	d->ctl = pv_ctl_server_new(d->base, d->cfg->daemon.socket, pv_ctl_commands, ctl_is_admin, d, err);
+	if (d->ctl == NULL)
+		goto fail;
+
+	d->ev_hup = evsignal_new(d->base, SIGHUP, hup_cb, d);
+	d->ev_term = evsignal_new(d->base, SIGTERM, term_cb, d);
+	d->ev_int = evsignal_new(d->base, SIGINT, term_cb, d);
+	d->ev_tick = evtimer_new(d->base, tick_cb, d);
+	event_add(d->ev_hup, NULL);
+	event_add(d->ev_term, NULL);
+	event_add(d->ev_int, NULL);
+	pv_notify_init(d->base);
+	return d;
+fail:
+	pv_daemon_free(d);
+	return NULL;
+}
+
+int
+pv_daemon_run(struct pv_daemon *d)
+{
+	pv_log_notice("pgvigild %s started pid=%d config=%s jobs=%zu socket=%s", PV_VERSION, (int)getpid(),
+	              d->config_path, d->cfg->n_jobs, d->cfg->daemon.socket);
+	pv_notify_status("running: %zu jobs", d->cfg->n_jobs);
+	pv_notify_ready();
+	if (d->ready_fd >= 0) {
+		ssize_t r = write(d->ready_fd, "R", 1);
+		(void)r;
+		close(d->ready_fd);
+		d->ready_fd = -1;
+	}
+	schedule_tick(d, 0);
+	event_base_dispatch(d->base);
+	pv_log_notice("stopped");
+	return EXIT_SUCCESS;
+}
+
+void
+pv_daemon_free(struct pv_daemon *d)
+{
+	if (d == NULL)
+		return;
+	/* Runs still present here outlived the stop bound: record them as cancelled. */
+	while (d->runs != NULL) {
+		struct active_run *ar = d->runs;
+		d->runs = ar->next;
+		pv_state_run_end(d->state, ar->run.id, time(NULL), pv_now_mono() - ar->run.started_mono,
+		                 "cancelled", "daemon stopped", NULL, NULL);
+		json_decref(ar->run.figures);
+		event_free(ar->finish_ev);
+		pv_config_unref(ar->run.cfg);
+		free(ar);
+	}
+	pv_ctl_server_free(d->ctl);
+	if (d->ev_hup)
+		event_free(d->ev_hup);
+	if (d->ev_term)
+		event_free(d->ev_term);
+	if (d->ev_int)
+		event_free(d->ev_int);
+	if (d->ev_tick)
+		event_free(d->ev_tick);
+	if (d->ev_stop)
+		event_free(d->ev_stop);
+	pv_notify_shutdown();
+	pv_proc_shutdown();
+	pv_sched_free(d->sched);
+	pv_state_close(d->state);
+	if (d->dns) {
+		/* evdns reports cancelled lookups through deferred callbacks: let them run first. */
+		event_base_loop(d->base, EVLOOP_NONBLOCK);
+		evdns_base_free(d->dns, 1);
+		event_base_loop(d->base, EVLOOP_NONBLOCK);
+	}
+	if (d->base)
+		event_base_free(d->base);
+	pv_config_unref(d->cfg);
+	if (d->ready_fd >= 0)
+		close(d->ready_fd);
+	free(d->config_path);
+	free(d);
+}
+
+/* ---- control views ---- */
+
+static json_t *
+time_json(time_t t)
+{
+	char buf[32];
+	struct tm tm;
+	if (t <= 0)
+		return json_null();
+	gmtime_r(&t, &tm);
+	strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	return json_string(buf);
+}
+
+static json_t *
+run_json(const struct pv_state_run *r)
+{
+	json_t *o = json_object();
+	json_object_set_new(o, "id", json_integer(r->id));
+	json_object_set_new(o, "trigger", r->trigger ? json_string(r->trigger) : json_null());
+	json_object_set_new(o, "started", time_json(r->started));
+	json_object_set_new(o, "finished", time_json(r->finished));
+	json_object_set_new(o, "duration", json_real(r->duration));
+	json_object_set_new(o, "result", r->result ? json_string(r->result) : json_null());
+	json_object_set_new(o, "cause", r->cause ? json_string(r->cause) : json_null());
+	if (r->figures != NULL) {
+		json_t *f = json_loads(r->figures, 0, NULL);
+		json_object_set_new(o, "figures", f != NULL ? f : json_null());
+	}
+	return o;
+}
+
+json_t *
+pv_daemon_status_json(struct pv_daemon *d)
+{
+	json_t *o = json_object();
+	json_t *reload = json_object();
+	json_t *dbs = json_array();
+	int running = 0;
+
+	for (struct active_run *ar = d->runs; ar != NULL; ar = ar->next)
+		running++;
+	json_object_set_new(o, "version", json_string(PV_VERSION));
+	json_object_set_new(o, "pid", json_integer(getpid()));
+	json_object_set_new(o, "started", time_json(d->started));
+	json_object_set_new(o, "uptime", json_real(pv_now_mono() - d->started_mono));
+	json_object_set_new(o, "config", json_string(d->config_path));
+	json_object_set_new(o, "jobs", json_integer((json_int_t)d->cfg->n_jobs));
+	json_object_set_new(o, "running", json_integer(running));
+	json_object_set_new(reload, "count", json_integer(d->reload.count));
+	json_object_set_new(reload, "at", time_json(d->reload.at));
+	json_object_set_new(reload, "ok", json_boolean(d->reload.ok));
+	json_object_set_new(reload, "error", d->reload.ok ? json_null() : json_string(d->reload.error));
+	json_object_set_new(o, "reload", reload);
+
+	for (size_t i = 0; i < d->cfg->n_databases; i++) {
+		const struct pv_config_database *db = &d->cfg->databases[i];
+		json_t *dj = json_object();
+		struct pv_state_run best = {0};
+		bool have = false;
+
+		json_object_set_new(dj, "name", json_string(db->name));
+		for (size_t j = 0; j < d->cfg->n_jobs; j++) {
+			const struct pv_config_job *job = &d->cfg->jobs[j];
+			struct pv_state_run r = {0};
+			if (job->type != PV_JOB_HEALTH || job->database != db)
+				continue;
+			if (!pv_state_run_last(d->state, job->name, &r, NULL))
+				continue;
+			if (r.result == NULL) { /* still running: keep the previous finished one */
+				pv_state_run_clear(&r);
+				continue;
+			}
+			if (!have || r.started > best.started) {
+				pv_state_run_clear(&best);
+				best = r;
+				have = true;
+			} else {
+				pv_state_run_clear(&r);
+			}
+		}
+		json_object_set_new(dj, "health", have ? run_json(&best) : json_null());
+		pv_state_run_clear(&best);
+		if (db->rpo || db->rto) {
+			json_t *obj = json_object();
+			json_object_set_new(obj, "rpo", db->rpo ? json_integer(db->rpo) : json_null());
+			json_object_set_new(obj, "rto", db->rto ? json_integer(db->rto) : json_null());
+			json_object_set_new(dj, "objectives", obj);
+		}
+		json_array_append_new(dbs, dj);
+	}
+	json_object_set_new(o, "databases", dbs);
+	return o;
+}
+
+json_t *
+pv_daemon_jobs_json(struct pv_daemon *d)
+{
+	json_t *arr = json_array();
+	double mono = pv_now_mono();
+
+	for (size_t i = 0; i < d->cfg->n_jobs; i++) {
+		const struct pv_config_job *job = &d->cfg->jobs[i];
+		json_t *o = json_object();
+		struct pv_state_run last = {0};
+		struct active_run *ar = find_running(d, job->name);
+		char dur[32];
+		time_t next;
+
+		json_object_set_new(o, "name", json_string(job->name));
+		json_object_set_new(o, "type", json_string(pv_job_type_name(job->type)));
+		json_object_set_new(o, "database",
+		                    job->database ? json_string(job->database->name) : json_null());
+		if (job->cron != NULL) {
+			json_object_set_new(o, "schedule", json_string(pv_cron_text(job->cron)));
+			json_object_set_new(o, "timezone", json_string(pv_tz_name(job->tz)));
+		} else {
+			json_object_set_new(o, "every",
+			                    json_string(pv_duration_format(job->every, dur, sizeof(dur))));
+		}
+		if (!pv_sched_next_due(d->sched, job->name, &next))
+			next = 0;
+		json_object_set_new(o, "next_run", time_json(next));
+		if (pv_state_run_last(d->state, job->name, &last, NULL)) {
+			if (last.result != NULL || ar == NULL)
+				json_object_set_new(o, "last_run", run_json(&last));
+			pv_state_run_clear(&last);
+		}
+		if (ar != NULL) {
+			json_t *r = json_object();
+			json_object_set_new(r, "id", json_integer(ar->run.id));
+			json_object_set_new(r, "trigger", json_string(ar->run.trigger));
+			json_object_set_new(r, "started", time_json(ar->run.started));
+			json_object_set_new(r, "elapsed", json_real(mono - ar->run.started_mono));
+			json_object_set_new(r, "progress_bytes",
+			                    json_integer((json_int_t)ar->run.progress_bytes));
+			json_object_set_new(o, "running", r);
+		} else {
+			json_object_set_new(o, "running", json_null());
+		}
+		json_array_append_new(arr, o);
+	}
+	return arr;
+}
+
+bool
+pv_daemon_run_job(struct pv_daemon *d, const char *name, int64_t *run_id, struct pv_error *err)
+{
+	const struct pv_config_job *job = pv_config_job_find(d->cfg, name);
+
+	if (d->stopping)
+		return pv_error_set(err, PV_ERR_BUSY, "the daemon is stopping");
+	if (job == NULL)
+		return pv_error_set(err, PV_ERR_NOT_FOUND, "no job named \"%s\"", name);
+	return start_run(d, job, "manual", 0, false, run_id, err);
+}

@@ -1,0 +1,38 @@
+/* The running daemon: configuration in force, state, scheduler, job runs, reload and shutdown. */
+#ifndef PV_DAEMON_H
+#define PV_DAEMON_H
+
+#include <stdbool.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "util/error.h"
+
+struct pv_daemon;
+struct pv_config;
+struct pv_strv;
+
+struct pv_daemon_opts {
+	const char *config_path;
+	int ready_fd; /* written to and closed once ready (background start), or -1 */
+};
+
+/* Load the configuration, open state, bind the control socket, plan the schedule. */
+struct pv_daemon *pv_daemon_new(const struct pv_daemon_opts *opts, struct pv_error *err);
+/* Run until SIGTERM/SIGINT; returns the process exit status. */
+int pv_daemon_run(struct pv_daemon *d);
+void pv_daemon_free(struct pv_daemon *d);
+
+/* Control-command entry points (src/ctl/commands.c). Each returns a new JSON reference. */
+json_t *pv_daemon_status_json(struct pv_daemon *d);
+json_t *pv_daemon_jobs_json(struct pv_daemon *d);
+bool pv_daemon_run_job(struct pv_daemon *d, const char *job, int64_t *run_id, struct pv_error *err);
+bool pv_daemon_reload(struct pv_daemon *d, struct pv_error *err);
+bool pv_daemon_is_admin(struct pv_daemon *d, uid_t uid, gid_t gid);
+
+/* Job types configured but not available in this build: a message per job, or none. */
+bool pv_daemon_check_job_types(const struct pv_config *cfg, struct pv_strv *problems);
+
+#endif

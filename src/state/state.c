@@ -1,0 +1,745 @@
+/* Persistent state in SQLite: opening, migrations, and the queries for runs, scheduling and kv. */
+#include "state/state.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util/log.h"
+#include "util/mem.h"
+
+/* 0x70677667, "pgvg": marks the file as ours, so a foreign SQLite database is refused, not migrated.
+ * Migration 1 writes it as a literal (pragmas take no expressions); a mismatch fails every reopen test. */
+#define STATE_APPLICATION_ID  1885828711
+#define STATE_BUSY_TIMEOUT_MS 5000
+
+/*
+ * Schema migrations, applied in order: migrations[i] takes the schema from version i to i + 1.
+ * Append only; never edit one that has shipped, since databases in the field already ran it.
+ * Column names "database" and "trigger" are SQL keywords, hence quoted everywhere.
+ * Run ids appear in logs, so AUTOINCREMENT: an id is never reused after rows are deleted.
+ */
+static const char *const migrations[] = {
+        /* 1: run history, scheduler bookkeeping, daemon facts. */
+        "PRAGMA application_id = 1885828711;\n"
+        "CREATE TABLE runs (\n"
+        "	id INTEGER PRIMARY KEY AUTOINCREMENT,\n"
+        "	job TEXT NOT NULL,\n"
+        "	type TEXT NOT NULL,\n"
+        "	\"database\" TEXT,\n"
+        "	\"trigger\" TEXT NOT NULL,\n"
+        "	scheduled_for INTEGER,\n"
+        "	started INTEGER NOT NULL,\n"
+        "	finished INTEGER,\n"
+        "	duration REAL,\n"
+        "	result TEXT,\n"
+        "	cause TEXT,\n"
+        "	figures TEXT\n"
+        ");\n"
+        "CREATE INDEX runs_job_id ON runs (job, id);\n"
+        "CREATE TABLE sched (job TEXT PRIMARY KEY, last_slot INTEGER NOT NULL) WITHOUT ROWID;\n"
+        "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;\n",
+};
+
+#define MIGRATION_COUNT ((int)(sizeof(migrations) / sizeof(migrations[0])))
+
+#define RUN_COLUMNS                                                                                          \
+	"id, job, type, \"database\", \"trigger\", scheduled_for, started, finished, duration, "             \
+	"result, cause, figures"
+
+enum stmt_id {
+	STMT_RUN_BEGIN,
+	STMT_RUN_END,
+	STMT_RUN_STATE,
+	STMT_RUN_LAST,
+	STMT_RUNS_LIST_JOB,
+	STMT_RUNS_LIST_ALL,
+	STMT_RUNS_COUNT_JOB,
+	STMT_RUNS_COUNT_ALL,
+	STMT_SCHED_GET,
+	STMT_SCHED_SET,
+	STMT_KV_GET,
+	STMT_KV_SET,
+	STMT_COUNT
+};
+
+static const char *const stmt_sql[STMT_COUNT] = {
+        [STMT_RUN_BEGIN] = "INSERT INTO runs (job, type, \"database\", \"trigger\", scheduled_for, started) "
+                           "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        /* "result IS NULL": a run ends once; a second end is a caller bug, not an overwrite. */
+        [STMT_RUN_END] =
+                "UPDATE runs SET finished = ?2, duration = ?3, result = ?4, cause = ?5, figures = ?6 "
+                "WHERE id = ?1 AND result IS NULL",
+        [STMT_RUN_STATE] = "SELECT result FROM runs WHERE id = ?1",
+        [STMT_RUN_LAST] = "SELECT " RUN_COLUMNS " FROM runs WHERE job = ?1 ORDER BY id DESC LIMIT 1",
+        /* Separate statements with and without a job, so the (job, id) index is usable. */
+        [STMT_RUNS_LIST_JOB] = "SELECT " RUN_COLUMNS " FROM runs WHERE job = ?1 ORDER BY id DESC LIMIT ?2",
+        [STMT_RUNS_LIST_ALL] = "SELECT " RUN_COLUMNS " FROM runs ORDER BY id DESC LIMIT ?1",
+        [STMT_RUNS_COUNT_JOB] = "SELECT count(*) FROM runs WHERE job = ?1 AND (?2 IS NULL OR result = ?2)",
+        [STMT_RUNS_COUNT_ALL] = "SELECT count(*) FROM runs WHERE ?1 IS NULL OR result = ?1",
+        [STMT_SCHED_GET] = "SELECT last_slot FROM sched WHERE job = ?1",
+        [STMT_SCHED_SET] = "INSERT INTO sched (job, last_slot) VALUES (?1, ?2) "
+                           "ON CONFLICT (job) DO UPDATE SET last_slot = excluded.last_slot",
+        [STMT_KV_GET] = "SELECT value FROM kv WHERE key = ?1",
+        [STMT_KV_SET] = "INSERT INTO kv (key, value) VALUES (?1, ?2) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+};
+
+struct pv_state {
+	sqlite3 *db;
+	char *path;
+	int version;
+	sqlite3_stmt *stmts[STMT_COUNT]; /* prepared on first use, finalized at close */
+};
+
+/* Fill err with "<doing>: <sqlite's message>"; read the message before any reset can change it. */
+static bool __attribute__((format(printf, 3, 4)))
+db_fail(sqlite3 *db, struct pv_error *err, const char *fmt, ...)
+{
+	char doing[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(doing, sizeof(doing), fmt, ap);
+	va_end(ap);
+	return pv_error_set(err, PV_ERR_STATE, "%s: %s", doing, sqlite3_errmsg(db));
+}
+
+/* Reset promptly: a statement left mid-result keeps a read transaction open and blocks checkpoints. */
+static void
+stmt_done(sqlite3_stmt *s)
+{
+	sqlite3_reset(s);
+	sqlite3_clear_bindings(s);
+}
+
+/* Take the message first: resetting the statement may replace it. */
+static bool
+stmt_fail(struct pv_state *st, sqlite3_stmt *s, const char *doing, struct pv_error *err)
+{
+	db_fail(st->db, err, "%s", doing);
+	stmt_done(s);
+	return false;
+}
+
+static sqlite3_stmt *
+stmt_get(struct pv_state *st, enum stmt_id id, const char *doing, struct pv_error *err)
+{
+	if (st->stmts[id] == NULL && sqlite3_prepare_v3(st->db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
+	                                                &st->stmts[id], NULL) != SQLITE_OK) {
+		db_fail(st->db, err, "%s: preparing statement", doing);
+		return NULL;
+	}
+	return st->stmts[id];
+}
+
+/* Binding helpers chain through *rc so a sequence of binds needs one check at the end. */
+static void
+bind_text(sqlite3_stmt *s, int i, const char *v, int *rc)
+{
+	if (*rc == SQLITE_OK)
+		*rc = sqlite3_bind_text(s, i, v, -1, SQLITE_STATIC); /* NULL v binds SQL NULL */
+}
+
+static void
+bind_int64(sqlite3_stmt *s, int i, int64_t v, int *rc)
+{
+	if (*rc == SQLITE_OK)
+		*rc = sqlite3_bind_int64(s, i, v);
+}
+
+/* The interface uses 0 for "no time"; store that as NULL so SQL sees it as absent. */
+static void
+bind_time(sqlite3_stmt *s, int i, time_t v, int *rc)
+{
+	if (*rc != SQLITE_OK)
+		return;
+	*rc = v == 0 ? sqlite3_bind_null(s, i) : sqlite3_bind_int64(s, i, (sqlite3_int64)v);
+}
+
+/* Step a statement that returns no rows (in autocommit mode, DONE means committed and synced). */
+static bool
+step_write(struct pv_state *st, sqlite3_stmt *s, const char *doing, struct pv_error *err)
+{
+	if (sqlite3_step(s) != SQLITE_DONE)
+		return stmt_fail(st, s, doing, err);
+	stmt_done(s);
+	return true;
+}
+
+static char *
+col_text(sqlite3_stmt *s, int i)
+{
+	const unsigned char *t = sqlite3_column_text(s, i);
+	return t == NULL ? NULL : pv_strdup((const char *)t);
+}
+
+static void
+read_run(sqlite3_stmt *s, struct pv_state_run *run)
+{
+	run->id = sqlite3_column_int64(s, 0);
+	run->job = col_text(s, 1);
+	run->type = col_text(s, 2);
+	run->database = col_text(s, 3);
+	run->trigger = col_text(s, 4);
+	run->scheduled_for = (time_t)sqlite3_column_int64(s, 5);
+	run->started = (time_t)sqlite3_column_int64(s, 6);
+	run->finished = (time_t)sqlite3_column_int64(s, 7);
+	run->duration = sqlite3_column_double(s, 8);
+	run->result = col_text(s, 9);
+	run->cause = col_text(s, 10);
+	run->figures = col_text(s, 11);
+}
+
+static bool
+exec(sqlite3 *db, const char *sql, const char *doing, struct pv_error *err)
+{
+	char *msg = NULL;
+
+	if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+		pv_error_set(err, PV_ERR_STATE, "%s: %s", doing, msg != NULL ? msg : sqlite3_errmsg(db));
+		sqlite3_free(msg);
+		return false;
+	}
+	return true;
+}
+
+/* Run a single-value query (a pragma); *text gets a malloc'ed copy of the first column of the first row. */
+static bool
+query_text(sqlite3 *db, const char *sql, char **text, const char *doing, struct pv_error *err)
+{
+	sqlite3_stmt *s = NULL;
+	int rc;
+
+	*text = NULL;
+	if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK)
+		return db_fail(db, err, "%s", doing);
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW) {
+		*text = col_text(s, 0);
+	} else if (rc != SQLITE_DONE) {
+		db_fail(db, err, "%s", doing);
+		sqlite3_finalize(s);
+		return false;
+	}
+	sqlite3_finalize(s);
+	if (*text == NULL)
+		return pv_error_set(err, PV_ERR_STATE, "%s: no answer", doing);
+	return true;
+}
+
+static bool
+query_int(sqlite3 *db, const char *sql, int *value, const char *doing, struct pv_error *err)
+{
+	char *text;
+
+	if (!query_text(db, sql, &text, doing, err))
+		return false;
+	*value = atoi(text);
+	free(text);
+	return true;
+}
+
+/*
+ * Create the file ourselves so it is 0600 whatever the umask (SQLite gives the -wal and -shm files
+ * the database's mode), and look at the header before SQLite does: a file that is not an SQLite
+ * database must be reported and left alone, never reinitialised.
+ */
+static bool
+create_and_inspect(const char *path, struct pv_error *err)
+{
+	static const char magic[16] = "SQLite format 3";
+	char header[16];
+	struct stat sb;
+	ssize_t got;
+	int fd;
+
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return pv_error_set(err, PV_ERR_STATE, "opening state database %s: %s", path,
+		                    strerror(errno));
+	if (fstat(fd, &sb) != 0) {
+		pv_error_set(err, PV_ERR_STATE, "opening state database %s: %s", path, strerror(errno));
+		close(fd);
+		return false;
+	}
+	if (!S_ISREG(sb.st_mode)) {
+		close(fd);
+		return pv_error_set(err, PV_ERR_STATE, "opening state database %s: not a regular file", path);
+	}
+	if (sb.st_size == 0) {
+		close(fd);
+		return true;
+	}
+	do
+		got = pread(fd, header, sizeof(header), 0);
+	while (got < 0 && errno == EINTR);
+	if (got < 0) {
+		pv_error_set(err, PV_ERR_STATE, "reading state database %s: %s", path, strerror(errno));
+		close(fd);
+		return false;
+	}
+	/* Closed before SQLite opens the file: closing any descriptor drops the process's POSIX locks. */
+	close(fd);
+	if (got != (ssize_t)sizeof(header) || memcmp(header, magic, sizeof(magic)) != 0)
+		return pv_error_set(
+		        err, PV_ERR_STATE,
+		        "state database %s is not an SQLite database; refusing to use or overwrite it. "
+		        "HINT: move the file aside and pgvigild will create a new one",
+		        path);
+	return true;
+}
+
+/* Refuse corrupt files, other applications' databases and schemas from a newer pgvigil, before any write. */
+static bool
+check_identity(struct pv_state *st, struct pv_error *err)
+{
+	char doing[512];
+	char *check;
+	int app_id, objects;
+
+	snprintf(doing, sizeof(doing), "checking state database %s", st->path);
+	if (!query_text(st->db, "PRAGMA quick_check", &check, doing, err))
+		return false;
+	if (strcmp(check, "ok") != 0) {
+		pv_error_set(
+		        err, PV_ERR_STATE,
+		        "state database %s is corrupt: %s. HINT: restore it from a copy, or move it aside "
+		        "and pgvigild will rebuild its backup catalog from the manifests in storage",
+		        st->path, check);
+		free(check);
+		return false;
+	}
+	free(check);
+	if (!query_int(st->db, "PRAGMA application_id", &app_id, doing, err) ||
+	    !query_int(st->db, "PRAGMA user_version", &st->version, doing, err) ||
+	    !query_int(st->db, "SELECT count(*) FROM sqlite_master", &objects, doing, err))
+		return false;
+	if (app_id != STATE_APPLICATION_ID && (st->version != 0 || objects != 0))
+		return pv_error_set(
+		        err, PV_ERR_STATE,
+		        "%s is an SQLite database but not a pgvigil state database (application_id %d); "
+		        "refusing to modify it",
+		        st->path, app_id);
+	if (st->version > MIGRATION_COUNT)
+		return pv_error_set(
+		        err, PV_ERR_STATE,
+		        "state database %s has schema version %d, newer than the %d this pgvigil knows; "
+		        "refusing to open it. HINT: run the newer pgvigil that wrote it",
+		        st->path, st->version, MIGRATION_COUNT);
+	return true;
+}
+
+static bool
+configure(struct pv_state *st, struct pv_error *err)
+{
+	char doing[512];
+	char *mode;
+	bool wal;
+
+	snprintf(doing, sizeof(doing), "setting journal_mode=wal on state database %s", st->path);
+	if (!query_text(st->db, "PRAGMA journal_mode = WAL", &mode, doing, err))
+		return false;
+	/* SQLite answers with the mode in force, which stays the old one when WAL is unavailable. */
+	wal = strcmp(mode, "wal") == 0;
+	if (!wal)
+		pv_error_set(err, PV_ERR_STATE,
+		             "setting journal_mode=wal on state database %s: journal mode is still %s. "
+		             "HINT: WAL needs shared memory; put state_dir on a local filesystem",
+		             st->path, mode);
+	free(mode);
+	if (!wal)
+		return false;
+	/* FULL syncs the WAL on every commit: a run recorded before a crash or power loss stays recorded. */
+	snprintf(doing, sizeof(doing), "configuring state database %s", st->path);
+	return exec(st->db, "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON", doing, err);
+}
+
+/* Each migration and its version bump commit together; re-reading the version under the write lock
+ * keeps two processes opening the same file at once from applying a step twice. */
+static bool
+migrate(struct pv_state *st, struct pv_error *err)
+{
+	char doing[512];
+
+	for (;;) {
+		int v;
+
+		snprintf(doing, sizeof(doing), "migrating state database %s", st->path);
+		if (!exec(st->db, "BEGIN IMMEDIATE", doing, err))
+			return false;
+		if (!query_int(st->db, "PRAGMA user_version", &v, doing, err))
+			goto rollback;
+		if (v >= MIGRATION_COUNT) {
+			st->version = v;
+			return exec(st->db, "COMMIT", doing, err);
+		}
+		snprintf(doing, sizeof(doing), "migrating state database %s to schema version %d", st->path,
+		         v + 1);
+		if (!exec(st->db, migrations[v], doing, err))
+			goto rollback;
+		char bump[64];
+		snprintf(bump, sizeof(bump), "PRAGMA user_version = %d", v + 1);
+		if (!exec(st->db, bump, doing, err) || !exec(st->db, "COMMIT", doing, err))
+			goto rollback;
+		pv_log_info("state database migrated path=%s version=%d", pv_log_quote(st->path), v + 1);
+	}
+rollback:
+	sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+	return false;
+}
+
+/* A run with no result was running when the daemon died; we cannot know when it stopped. */
+static bool
+mark_interrupted(struct pv_state *st, struct pv_error *err)
+{
+	char doing[512];
+	int n;
+
+	snprintf(doing, sizeof(doing), "marking unfinished runs as interrupted in %s", st->path);
+	if (!exec(st->db,
+	          "UPDATE runs SET result = 'interrupted', cause = 'daemon stopped while running', "
+	          "finished = started, duration = 0 WHERE result IS NULL",
+	          doing, err))
+		return false;
+	n = sqlite3_changes(st->db);
+	if (n > 0)
+		pv_log_warn("runs left unfinished by a previous daemon marked interrupted count=%d", n);
+	return true;
+}
+
+int
+pv_state_schema_latest(void)
+{
+	return MIGRATION_COUNT;
+}
+
+bool
+pv_state_open(const char *path, struct pv_state **out, struct pv_error *err)
+{
+	struct pv_state *st;
+	int rc;
+
+	*out = NULL;
+	if (!create_and_inspect(path, err))
+		return false;
+	st = pv_calloc(1, sizeof(*st));
+	st->path = pv_strdup(path);
+	/* No SQLITE_OPEN_CREATE: the file exists now, and if it vanished we want an error, not a new one. */
+	rc = sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+	if (rc != SQLITE_OK) {
+		if (st->db == NULL)
+			pv_error_set(err, PV_ERR_STATE, "opening state database %s: %s", path,
+			             sqlite3_errstr(rc));
+		else
+			db_fail(st->db, err, "opening state database %s", path);
+		goto fail;
+	}
+	sqlite3_extended_result_codes(st->db, 1);
+	sqlite3_busy_timeout(st->db, STATE_BUSY_TIMEOUT_MS);
+	if (!check_identity(st, err) || !configure(st, err) || !migrate(st, err) ||
+	    !mark_interrupted(st, err))
+		goto fail;
+	*out = st;
+	return true;
+fail:
+	pv_state_close(st);
+	return false;
+}
+
+void
+pv_state_close(struct pv_state *st)
+{
+	if (st == NULL)
+		return;
+	for (int i = 0; i < STMT_COUNT; i++)
+		sqlite3_finalize(st->stmts[i]);
+	/* The last connection to close checkpoints the WAL into the main file and removes it. */
+	if (st->db != NULL && sqlite3_close(st->db) != SQLITE_OK)
+		pv_log_warn("closing state database failed path=%s error=%s", pv_log_quote(st->path),
+		            pv_log_quote(sqlite3_errmsg(st->db)));
+	free(st->path);
+	free(st);
+}
+
+int
+pv_state_schema_version(struct pv_state *st)
+{
+	return st->version;
+}
+
+bool
+pv_state_run_begin(struct pv_state *st, const char *job, const char *type, const char *database,
+                   const char *trigger, time_t scheduled_for, time_t started, int64_t *id,
+                   struct pv_error *err)
+{
+	const char *doing = "recording run start";
+	sqlite3_stmt *s = stmt_get(st, STMT_RUN_BEGIN, doing, err);
+	int rc = SQLITE_OK;
+
+	if (s == NULL)
+		return false;
+	bind_text(s, 1, job, &rc);
+	bind_text(s, 2, type, &rc);
+	bind_text(s, 3, database, &rc);
+	bind_text(s, 4, trigger, &rc);
+	bind_time(s, 5, scheduled_for, &rc);
+	bind_int64(s, 6, (int64_t)started, &rc);
+	if (rc != SQLITE_OK)
+		return stmt_fail(st, s, doing, err);
+	if (!step_write(st, s, doing, err))
+		return false;
+	*id = sqlite3_last_insert_rowid(st->db);
+	return true;
+}
+
+bool
+pv_state_run_end(struct pv_state *st, int64_t id, time_t finished, double duration, const char *result,
+                 const char *cause, const char *figures_json, struct pv_error *err)
+{
+	const char *doing = "recording run end";
+	sqlite3_stmt *s;
+	int rc = SQLITE_OK;
+
+	/* A NULL result would leave the run looking unfinished, to be marked interrupted at next start. */
+	if (result == NULL)
+		return pv_error_set(err, PV_ERR_INTERNAL, "%s: run %lld: no result given", doing,
+		                    (long long)id);
+	s = stmt_get(st, STMT_RUN_END, doing, err);
+	if (s == NULL)
+		return false;
+	bind_int64(s, 1, id, &rc);
+	bind_int64(s, 2, (int64_t)finished, &rc);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_bind_double(s, 3, duration);
+	bind_text(s, 4, result, &rc);
+	bind_text(s, 5, cause, &rc);
+	bind_text(s, 6, figures_json, &rc);
+	if (rc != SQLITE_OK)
+		return stmt_fail(st, s, doing, err);
+	if (!step_write(st, s, doing, err))
+		return false;
+	if (sqlite3_changes(st->db) == 1)
+		return true;
+
+	/* Nothing updated: say whether the run is missing or already ended. */
+	s = stmt_get(st, STMT_RUN_STATE, doing, err);
+	if (s == NULL)
+		return false;
+	rc = sqlite3_bind_int64(s, 1, id);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW) {
+		char *prev = col_text(s, 0);
+		pv_error_set(err, PV_ERR_STATE, "%s: run %lld already ended with result %s", doing,
+		             (long long)id, prev != NULL ? prev : "(none)");
+		free(prev);
+	} else if (rc == SQLITE_DONE) {
+		pv_error_set(err, PV_ERR_NOT_FOUND, "%s: no run with id %lld", doing, (long long)id);
+	} else {
+		db_fail(st->db, err, "%s", doing);
+	}
+	stmt_done(s);
+	return false;
+}
+
+bool
+pv_state_run_last(struct pv_state *st, const char *job, struct pv_state_run *out, struct pv_error *err)
+{
+	const char *doing = "reading last run";
+	sqlite3_stmt *s;
+	int rc = SQLITE_OK;
+
+	memset(out, 0, sizeof(*out));
+	s = stmt_get(st, STMT_RUN_LAST, doing, err);
+	if (s == NULL)
+		return false;
+	bind_text(s, 1, job, &rc);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW) {
+		read_run(s, out);
+		stmt_done(s);
+		return true;
+	}
+	if (rc == SQLITE_DONE)
+		pv_error_set(err, PV_ERR_NOT_FOUND, "no run recorded for job %s", job);
+	else
+		db_fail(st->db, err, "%s of job %s", doing, job);
+	stmt_done(s);
+	return false;
+}
+
+/* limit <= 0 means no limit. */
+bool
+pv_state_runs_list(struct pv_state *st, const char *job, int limit, struct pv_state_run **out, size_t *n,
+                   struct pv_error *err)
+{
+	const char *doing = "listing runs";
+	struct pv_state_run *runs = NULL;
+	size_t count = 0, cap = 0;
+	sqlite3_stmt *s;
+	int rc = SQLITE_OK;
+
+	*out = NULL;
+	*n = 0;
+	s = stmt_get(st, job != NULL ? STMT_RUNS_LIST_JOB : STMT_RUNS_LIST_ALL, doing, err);
+	if (s == NULL)
+		return false;
+	if (job != NULL)
+		bind_text(s, 1, job, &rc);
+	bind_int64(s, job != NULL ? 2 : 1, limit > 0 ? limit : -1, &rc);
+	while (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+		if (count == cap) {
+			cap = cap ? cap * 2 : 16;
+			runs = pv_realloc(runs, cap * sizeof(*runs));
+		}
+		read_run(s, &runs[count++]);
+		rc = SQLITE_OK;
+	}
+	if (rc != SQLITE_DONE) {
+		pv_state_runs_free(runs, count);
+		return stmt_fail(st, s, doing, err);
+	}
+	stmt_done(s);
+	*out = runs;
+	*n = count;
+	return true;
+}
+
+bool
+pv_state_runs_count(struct pv_state *st, const char *job, const char *result, int64_t *count,
+                    struct pv_error *err)
+{
+	const char *doing = "counting runs";
+	sqlite3_stmt *s;
+	int rc = SQLITE_OK;
+
+	s = stmt_get(st, job != NULL ? STMT_RUNS_COUNT_JOB : STMT_RUNS_COUNT_ALL, doing, err);
+	if (s == NULL)
+		return false;
+	if (job != NULL)
+		bind_text(s, 1, job, &rc);
+	bind_text(s, job != NULL ? 2 : 1, result, &rc);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(s);
+	if (rc != SQLITE_ROW)
+		return stmt_fail(st, s, doing, err);
+	*count = sqlite3_column_int64(s, 0);
+	stmt_done(s);
+	return true;
+}
+
+void
+pv_state_run_clear(struct pv_state_run *run)
+{
+	if (run == NULL)
+		return;
+	free(run->job);
+	free(run->type);
+	free(run->database);
+	free(run->trigger);
+	free(run->result);
+	free(run->cause);
+	free(run->figures);
+	memset(run, 0, sizeof(*run));
+}
+
+void
+pv_state_runs_free(struct pv_state_run *runs, size_t n)
+{
+	if (runs == NULL)
+		return;
+	for (size_t i = 0; i < n; i++)
+		pv_state_run_clear(&runs[i]);
+	free(runs);
+}
+
+bool
+pv_state_sched_get(struct pv_state *st, const char *job, time_t *last_slot, struct pv_error *err)
+{
+	const char *doing = "reading scheduler slot";
+	sqlite3_stmt *s = stmt_get(st, STMT_SCHED_GET, doing, err);
+	int rc = SQLITE_OK;
+
+	if (s == NULL)
+		return false;
+	bind_text(s, 1, job, &rc);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW) {
+		*last_slot = (time_t)sqlite3_column_int64(s, 0);
+		stmt_done(s);
+		return true;
+	}
+	if (rc == SQLITE_DONE)
+		pv_error_set(err, PV_ERR_NOT_FOUND, "no scheduler slot recorded for job %s", job);
+	else
+		db_fail(st->db, err, "%s of job %s", doing, job);
+	stmt_done(s);
+	return false;
+}
+
+bool
+pv_state_sched_set(struct pv_state *st, const char *job, time_t last_slot, struct pv_error *err)
+{
+	const char *doing = "recording scheduler slot";
+	sqlite3_stmt *s = stmt_get(st, STMT_SCHED_SET, doing, err);
+	int rc = SQLITE_OK;
+
+	if (s == NULL)
+		return false;
+	bind_text(s, 1, job, &rc);
+	bind_int64(s, 2, (int64_t)last_slot, &rc);
+	if (rc != SQLITE_OK)
+		return stmt_fail(st, s, doing, err);
+	return step_write(st, s, doing, err);
+}
+
+bool
+pv_state_kv_get(struct pv_state *st, const char *key, char **value, struct pv_error *err)
+{
+	const char *doing = "reading state value";
+	sqlite3_stmt *s = stmt_get(st, STMT_KV_GET, doing, err);
+	int rc = SQLITE_OK;
+
+	*value = NULL;
+	if (s == NULL)
+		return false;
+	bind_text(s, 1, key, &rc);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW) {
+		*value = col_text(s, 0);
+		stmt_done(s);
+		return true;
+	}
+	if (rc == SQLITE_DONE)
+		pv_error_set(err, PV_ERR_NOT_FOUND, "no state value stored for key %s", key);
+	else
+		db_fail(st->db, err, "%s %s", doing, key);
+	stmt_done(s);
+	return false;
+}
+
+bool
+pv_state_kv_set(struct pv_state *st, const char *key, const char *value, struct pv_error *err)
+{
+	const char *doing = "recording state value";
+	sqlite3_stmt *s = stmt_get(st, STMT_KV_SET, doing, err);
+	int rc = SQLITE_OK;
+
+	if (s == NULL)
+		return false;
+	bind_text(s, 1, key, &rc);
+	bind_text(s, 2, value, &rc);
+	if (rc != SQLITE_OK)
+		return stmt_fail(st, s, doing, err);
+	return step_write(st, s, doing, err);
+}

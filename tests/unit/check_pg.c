@@ -1,0 +1,1047 @@
+/* Unit tests for src/pg: async connect, deadlines, queries and health against a throwaway PostgreSQL. */
+#include <arpa/inet.h>
+#include <check.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/dns.h>
+#include <event2/event.h>
+
+#include "pg/pg.h"
+#include "pg/pg_internal.h"
+#include "util/mem.h"
+
+/* Set in main() before the suite forks: one cluster for every test. */
+static char pg_dir[256];
+static char pg_sock[300];
+static int pg_port;
+
+/* ---- loop helpers ---- */
+
+struct loop {
+	struct event_base *base;
+	struct evdns_base *dns;
+	struct event *safety;
+	struct event *tick;
+	int ticks;
+	double last_tick;
+	double max_gap;
+};
+
+static void
+stop_cb(evutil_socket_t fd, short what, void *arg)
+{
+	event_base_loopbreak(arg);
+}
+
+static void
+tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct loop *l = arg;
+	double now = pv_pg_now();
+	if (now - l->last_tick > l->max_gap)
+		l->max_gap = now - l->last_tick;
+	l->last_tick = now;
+	l->ticks++;
+}
+
+static struct timeval
+tv_of(double s)
+{
+	struct timeval tv;
+	tv.tv_sec = (time_t)s;
+	tv.tv_usec = (suseconds_t)((s - (double)tv.tv_sec) * 1e6);
+	return tv;
+}
+
+/* system_dns: evdns configured from resolv.conf and /etc/hosts; else an empty evdns base. */
+static void
+loop_init(struct loop *l, bool system_dns)
+{
+	memset(l, 0, sizeof(*l));
+	l->base = event_base_new();
+	ck_assert_ptr_nonnull(l->base);
+	l->dns = evdns_base_new(l->base, system_dns ? EVDNS_BASE_INITIALIZE_NAMESERVERS : 0);
+	ck_assert_ptr_nonnull(l->dns);
+}
+
+/* A 100 ms ticker in the same loop: if anything blocks the loop, its gaps show it. */
+static void
+loop_start_ticker(struct loop *l)
+{
+	struct timeval tv = tv_of(0.1);
+	l->tick = event_new(l->base, -1, EV_PERSIST, tick_cb, l);
+	l->last_tick = pv_pg_now();
+	event_add(l->tick, &tv);
+}
+
+/* Run until something calls event_base_loopbreak, or max seconds. */
+static void
+loop_run(struct loop *l, double max)
+{
+	struct timeval tv = tv_of(max);
+	if (l->safety == NULL)
+		l->safety = evtimer_new(l->base, stop_cb, l->base);
+	evtimer_add(l->safety, &tv);
+	event_base_dispatch(l->base);
+	evtimer_del(l->safety);
+}
+
+static void
+loop_free(struct loop *l)
+{
+	if (l->tick)
+		event_free(l->tick);
+	if (l->safety)
+		event_free(l->safety);
+	/* evdns reports cancelled lookups from deferred callbacks: let them run so nothing leaks. */
+	event_base_loop(l->base, EVLOOP_NONBLOCK);
+	evdns_base_free(l->dns, 1);
+	event_base_free(l->base);
+}
+
+/* ---- fake servers ---- */
+
+static int
+listen_tcp(int *port)
+{
+	struct sockaddr_in sa;
+	socklen_t len = sizeof(sa);
+	int one = 1;
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	ck_assert_int_ge(fd, 0);
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	ck_assert_int_eq(listen(fd, 16), 0);
+	ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+	*port = ntohs(sa.sin_port);
+	return fd;
+}
+
+/* A port nobody listens on: bound and closed again. */
+static int
+closed_port(void)
+{
+	int port;
+	int fd = listen_tcp(&port);
+	close(fd);
+	return port;
+}
+
+/*
+ * A server that accepts TCP connections. In "silent" mode it never reads or writes. Otherwise it
+ * refuses SSL/GSS negotiation with 'N' like a plain server, reads the startup packet, then stalls.
+ */
+struct fake_pg {
+	struct event_base *base;
+	int lfd;
+	int port;
+	bool silent;
+	struct event *accept_ev;
+	int fds[8];
+	struct event *evs[8];
+	int nfds;
+	bool got_startup;
+};
+
+static void
+fake_pg_read(evutil_socket_t fd, short what, void *arg)
+{
+	struct fake_pg *f = arg;
+	unsigned char buf[1024];
+	ssize_t n = read(fd, buf, sizeof(buf));
+	uint32_t len, code;
+
+	if (n < 8)
+		return;
+	memcpy(&len, buf, 4);
+	memcpy(&code, buf + 4, 4);
+	len = ntohl(len);
+	code = ntohl(code);
+	if (len == 8 && (code == 80877103 || code == 80877104)) {
+		ssize_t w = write(fd, "N", 1);
+		ck_assert_int_eq(w, 1);
+	} else if (code == 196608) {
+		f->got_startup = true; /* protocol 3.0 startup: now say nothing, ever */
+	}
+}
+
+static void
+fake_pg_accept(evutil_socket_t lfd, short what, void *arg)
+{
+	struct fake_pg *f = arg;
+	int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	if (fd < 0 || f->nfds == 8) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	f->fds[f->nfds] = fd;
+	if (!f->silent) {
+		f->evs[f->nfds] = event_new(f->base, fd, EV_READ | EV_PERSIST, fake_pg_read, f);
+		event_add(f->evs[f->nfds], NULL);
+	}
+	f->nfds++;
+}
+
+static void
+fake_pg_start(struct fake_pg *f, struct event_base *base, bool silent)
+{
+	memset(f, 0, sizeof(*f));
+	f->base = base;
+	f->silent = silent;
+	f->lfd = listen_tcp(&f->port);
+	f->accept_ev = event_new(base, f->lfd, EV_READ | EV_PERSIST, fake_pg_accept, f);
+	event_add(f->accept_ev, NULL);
+}
+
+static void
+fake_pg_stop(struct fake_pg *f)
+{
+	for (int i = 0; i < f->nfds; i++) {
+		if (f->evs[i])
+			event_free(f->evs[i]);
+		close(f->fds[i]);
+	}
+	event_free(f->accept_ev);
+	close(f->lfd);
+}
+
+/*
+ * A DNS server on 127.0.0.1: db.pgvigil.test is 127.0.0.1 (no AAAA), nonexistent.invalid is
+ * NXDOMAIN, silent.pgvigil.test is never answered. Tests then need no network.
+ */
+struct fake_dns {
+	int fd;
+	int port;
+	struct event *ev;
+	int queries;
+};
+
+static void
+fake_dns_read(evutil_socket_t fd, short what, void *arg)
+{
+	struct fake_dns *d = arg;
+	unsigned char q[512], r[600];
+	struct sockaddr_storage from;
+	socklen_t fromlen = sizeof(from);
+	ssize_t n = recvfrom(fd, q, sizeof(q), 0, (struct sockaddr *)&from, &fromlen);
+	char name[256] = "";
+	size_t pos = 12, namelen = 0, rlen;
+	unsigned qtype;
+	int rcode = 0, answers = 0;
+
+	if (n < 17)
+		return;
+	d->queries++;
+	while (pos < (size_t)n && q[pos] != 0) {
+		size_t l = q[pos];
+		if (pos + 1 + l > (size_t)n || namelen + l + 2 > sizeof(name))
+			return;
+		if (namelen > 0)
+			name[namelen++] = '.';
+		for (size_t i = 0; i < l; i++)
+			name[namelen++] = (char)tolower(q[pos + 1 + i]); /* evdns randomises case (0x20) */
+		name[namelen] = '\0';
+		pos += 1 + l;
+	}
+	pos++;
+	if (pos + 4 > (size_t)n)
+		return;
+	qtype = (unsigned)(q[pos] << 8 | q[pos + 1]);
+	pos += 4;
+	if (strcmp(name, "silent.pgvigil.test") == 0)
+		return;
+	if (strcmp(name, "db.pgvigil.test") == 0)
+		answers = qtype == 1 ? 1 : 0;
+	else
+		rcode = 3;
+	memcpy(r, q, pos); /* id, then the question echoed */
+	r[2] = 0x81;
+	r[3] = (unsigned char)(0x80 | rcode);
+	r[4] = 0;
+	r[5] = 1;
+	r[6] = 0;
+	r[7] = (unsigned char)answers;
+	memset(r + 8, 0, 4);
+	rlen = pos;
+	if (answers) {
+		static const unsigned char rr[] = {0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1};
+		memcpy(r + rlen, rr, sizeof(rr));
+		rlen += sizeof(rr);
+	}
+	sendto(fd, r, rlen, 0, (struct sockaddr *)&from, fromlen);
+}
+
+static void
+fake_dns_start(struct fake_dns *d, struct loop *l)
+{
+	struct sockaddr_in sa;
+	socklen_t len = sizeof(sa);
+	char ns[64];
+
+	memset(d, 0, sizeof(*d));
+	d->fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	ck_assert_int_ge(d->fd, 0);
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	ck_assert_int_eq(bind(d->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	ck_assert_int_eq(getsockname(d->fd, (struct sockaddr *)&sa, &len), 0);
+	d->port = ntohs(sa.sin_port);
+	d->ev = event_new(l->base, d->fd, EV_READ | EV_PERSIST, fake_dns_read, d);
+	event_add(d->ev, NULL);
+	snprintf(ns, sizeof(ns), "127.0.0.1:%d", d->port);
+	ck_assert_int_eq(evdns_base_nameserver_ip_add(l->dns, ns), 0);
+}
+
+static void
+fake_dns_stop(struct fake_dns *d)
+{
+	event_free(d->ev);
+	close(d->fd);
+}
+
+/* ---- result collectors ---- */
+
+struct health_wait {
+	struct event_base *base;
+	int calls;
+	double finished;
+	struct pv_pg_health r;
+};
+
+static void
+health_cb(const struct pv_pg_health *r, void *arg)
+{
+	struct health_wait *w = arg;
+	w->calls++;
+	w->finished = pv_pg_now();
+	w->r = *r;
+	event_base_loopbreak(w->base);
+}
+
+/* Run one health probe to completion and return its result. */
+static struct health_wait
+run_health(struct loop *l, const char *conninfo, const char *password, double timeout)
+{
+	struct health_wait w;
+	memset(&w, 0, sizeof(w));
+	w.base = l->base;
+	ck_assert_ptr_nonnull(
+	        pv_pg_health_start(l->base, l->dns, conninfo, password, timeout, health_cb, &w));
+	ck_assert_int_eq(w.calls, 0); /* never synchronous */
+	loop_run(l, timeout + 5);
+	ck_assert_int_eq(w.calls, 1);
+	return w;
+}
+
+struct connect_wait {
+	struct event_base *base;
+	int calls;
+	bool ok;
+	double finished;
+	struct pv_error err;
+};
+
+static void
+connect_cb(struct pv_pg_conn *conn, bool ok, const struct pv_error *err, void *arg)
+{
+	struct connect_wait *w = arg;
+	w->calls++;
+	w->ok = ok;
+	w->finished = pv_pg_now();
+	if (err)
+		w->err = *err;
+	event_base_loopbreak(w->base);
+}
+
+static struct pv_pg_conn *
+connect_sync(struct loop *l, const char *conninfo, const char *password, double timeout,
+             struct connect_wait *w)
+{
+	struct pv_error err;
+	struct pv_pg_conn *conn;
+
+	memset(w, 0, sizeof(*w));
+	w->base = l->base;
+	conn = pv_pg_connect(l->base, l->dns, conninfo, password, timeout, connect_cb, w, &err);
+	ck_assert_msg(conn != NULL, "pv_pg_connect: %s", err.msg);
+	loop_run(l, timeout + 5);
+	ck_assert_int_eq(w->calls, 1);
+	return conn;
+}
+
+struct query_wait {
+	struct event_base *base;
+	int calls;
+	bool ok;
+	double finished;
+	char value[256];
+	struct pv_error err;
+};
+
+static void
+query_cb(struct pv_pg_conn *conn, const PGresult *res, const struct pv_error *err, void *arg)
+{
+	struct query_wait *w = arg;
+	w->calls++;
+	w->finished = pv_pg_now();
+	w->ok = err == NULL;
+	if (err)
+		w->err = *err;
+	else if (PQntuples(res) > 0)
+		pv_strlcpy(w->value, PQgetvalue(res, 0, 0), sizeof(w->value));
+	event_base_loopbreak(w->base);
+}
+
+static void
+query_sync(struct loop *l, struct pv_pg_conn *conn, const char *sql, const char *param, double timeout,
+           struct query_wait *w)
+{
+	struct pv_error err;
+	const char *params[1] = {param};
+
+	memset(w, 0, sizeof(*w));
+	w->base = l->base;
+	ck_assert_msg(pv_pg_query_start(conn, sql, param ? 1 : 0, param ? params : NULL, timeout, query_cb, w,
+	                                &err),
+	              "query: %s", err.msg);
+	loop_run(l, timeout > 0 ? timeout + 5 : 10);
+	ck_assert_int_eq(w->calls, 1);
+}
+
+static char *
+tcp_conninfo(const char *host, int port)
+{
+	return pv_asprintf("host=%s port=%d dbname=demo user=vigil sslmode=disable", host, port);
+}
+
+/* ---- tests ---- */
+
+START_TEST(test_pg__health_tcp_password)
+{
+	struct loop l;
+	struct health_wait w;
+	char *ci = tcp_conninfo("127.0.0.1", pg_port);
+
+	loop_init(&l, false);
+	w = run_health(&l, ci, "vigil-secret", 10);
+	ck_assert_msg(w.r.ok, "health failed: %s", w.r.error.msg);
+	ck_assert_int_ge(w.r.server_version_num, 150000);
+	ck_assert(strncmp(w.r.server_version, "15", 2) >= 0);
+	ck_assert(w.r.connect_seconds > 0 && w.r.connect_seconds < 10);
+	ck_assert(w.r.query_seconds > 0 && w.r.query_seconds < 10);
+	free(ci);
+	loop_free(&l);
+}
+END_TEST
+
+START_TEST(test_pg__health_unix_socket)
+{
+	struct loop l;
+	struct health_wait w;
+	char *ci = pv_asprintf("host=%s port=%d dbname=demo user=vigil", pg_sock, pg_port);
+
+	loop_init(&l, false);
+	w = run_health(&l, ci, NULL, 10);
+	ck_assert_msg(w.r.ok, "health failed: %s", w.r.error.msg);
+	ck_assert_int_ge(w.r.server_version_num, 150000);
+	ck_assert(w.r.server_version[0] != '\0');
+	free(ci);
+	loop_free(&l);
+}
+END_TEST
+
+START_TEST(test_pg__health_uri_form)
+{
+	struct loop l;
+	struct health_wait w;
+	char *ci = pv_asprintf("postgresql://vigil:vigil-secret@127.0.0.1:%d/demo?sslmode=disable", pg_port);
+
+	loop_init(&l, false);
+	w = run_health(&l, ci, NULL, 10);
+	ck_assert_msg(w.r.ok, "health failed: %s", w.r.error.msg);
+	free(ci);
+	loop_free(&l);
+}
+END_TEST
+
+/* localhost is a name: evdns (from /etc/hosts) resolves it and libpq gets it as hostaddr. */
+START_TEST(test_pg__localhost_resolved_with_evdns)
+{
+	struct loop l;
+	struct connect_wait w;
+	struct pv_pg_conn *conn;
+	char *ci = tcp_conninfo("localhost", pg_port);
+
+	loop_init(&l, true);
+	conn = connect_sync(&l, ci, "vigil-secret", 10, &w);
+	ck_assert_msg(w.ok, "connect failed: %s", w.err.msg);
+	ck_assert_ptr_nonnull(pv_pg_resolved_hostaddr(conn));
+	ck_assert_ptr_nonnull(strstr(pv_pg_resolved_hostaddr(conn), "127.0.0.1"));
+	ck_assert_int_ge(pv_pg_server_version(conn), 150000);
+	ck_assert(pv_pg_connect_seconds(conn) > 0);
+	pv_pg_close(conn);
+	free(ci);
+	loop_free(&l);
+}
+END_TEST
+
+START_TEST(test_pg__hostname_via_dns_server)
+{
+	struct loop l;
+	struct fake_dns d;
+	struct health_wait w;
+	char *ci = tcp_conninfo("db.pgvigil.test", pg_port);
+
+	loop_init(&l, false);
+	fake_dns_start(&d, &l);
+	w = run_health(&l, ci, "vigil-secret", 10);
+	ck_assert_msg(w.r.ok, "health failed: %s", w.r.error.msg);
+	ck_assert_int_ge(d.queries, 1);
+	fake_dns_stop(&d);
+	free(ci);
+	loop_free(&l);
+}
+END_TEST
+
+/* Host and port lists: the first host is refused, libpq moves on to the second. */
+START_TEST(test_pg__host_list_falls_through)
+{
+	struct loop l;
+	struct fake_dns d;
+	struct connect_wait w;
+	struct pv_pg_conn *conn;
+	char *ci = pv_asprintf("host=db.pgvigil.test,%s port=%d,%d dbname=demo user=vigil", pg_sock,
+	                       closed_port(), pg_port);
+
+	loop_init(&l, false);
+	fake_dns_start(&d, &l);
+	conn = connect_sync(&l, ci, NULL, 10, &w);
+	ck_assert_msg(w.ok, "connect failed: %s", w.err.msg);
+	ck_assert_str_eq(pv_pg_resolved_hostaddr(conn), "127.0.0.1,");
+	pv_pg_close(conn);
+	fake_dns_stop(&d);
+	free(ci);
+	loop_free(&l);
+}
+END_TEST
+
+START_TEST(test_pg__wrong_password)
+{
+	struct loop l;
+	struct health_wait w;
+	char *ci = tcp_conninfo("127.0.0.1", pg_port);
+
+	loop_init(&l, false);
+	w = run_health(&l, ci, "not-the-password", 10);
+	ck_assert(!w.r.ok);
+	ck_assert_int_eq(w.r.error.code, PV_ERR_PG_CONNECT);
+	ck_assert_msg(strstr(w.r.error.msg, "password authentication failed") != NULL, "msg: %s",
+	              w.r.error.msg);
+	ck_assert_ptr_null(strchr(w.r.error.msg, '\n'));
+	ck_assert_ptr_null(strstr(w.r.error.msg, "not-the-password"));
+	free(ci);
+	loop_free(&l);
+}
+END_TEST
+
+START_TEST(test_pg__connection_refused)
+{
+	struct loop l;
+	struct health_wait w;
+	char *ci = tcp_conninfo("127.0.0.1", closed_port());
+	double t0;
+
+	loop_init(&l, false);
+	t0 = pv_pg_now();
+	w = run_health(&l, ci, "vigil-secret", 10);
+	ck_assert(!w.r.ok);
+	ck_assert_int_eq(w.r.error.code, PV_ERR_PG_CONNECT);
+	ck_assert_msg(strstr(w.r.error.msg, "Connection refused") != NULL, "msg: %s", w.r.error.msg);
+	ck_assert(w.finished - t0 < 1.0);
+	free(ci);
+	loop_free(&l);
+}
+END_TEST
+
+START_TEST(test_pg__unknown_host)
+{
+	struct loop l;
+	struct fake_dns d;
+	struct health_wait w;
+	char *ci = tcp_conninfo("nonexistent.invalid", pg_port);
+	double t0;
+
+	loop_init(&l, false);
+	fake_dns_start(&d, &l);
+	t0 = pv_pg_now();
+	w = run_health(&l, ci, "vigil-secret", 10);
+	ck_assert(!w.r.ok);
+	ck_assert_int_eq(w.r.error.code, PV_ERR_PG_CONNECT);
+	ck_assert_msg(strstr(w.r.error.msg, "could not translate host name \"nonexistent.invalid\"") != NULL,
+	              "msg: %s", w.r.error.msg);
+	ck_assert(w.finished - t0 < 2.0);
+	fake_dns_stop(&d);
+	free(ci);
+	loop_free(&l);
+}
+END_TEST
+
+/* The deadline fires on time while the rest of the loop keeps running. */
+static void
+assert_timeout_without_stall(struct loop *l, const char *conninfo, double timeout)
+{
+	struct connect_wait w;
+	struct pv_error err;
+	struct pv_pg_conn *conn;
+	double t0 = pv_pg_now(), elapsed;
+	char expect[64];
+
+	memset(&w, 0, sizeof(w));
+	w.base = l->base;
+	loop_start_ticker(l);
+	conn = pv_pg_connect(l->base, l->dns, conninfo, "vigil-secret", timeout, connect_cb, &w, &err);
+	ck_assert_ptr_nonnull(conn);
+	loop_run(l, timeout + 3);
+	elapsed = w.finished - t0;
+	ck_assert_int_eq(w.calls, 1);
+	ck_assert(!w.ok);
+	ck_assert_int_eq(w.err.code, PV_ERR_PG_TIMEOUT);
+	snprintf(expect, sizeof(expect), "connection timed out after %.1fs", timeout);
+	ck_assert_str_eq(w.err.msg, expect);
+	ck_assert_msg(elapsed >= timeout - 0.1 && elapsed <= timeout + 1.0, "elapsed %.3f", elapsed);
+	ck_assert_msg(l->ticks >= 8, "ticks %d", l->ticks);
+	ck_assert_msg(l->max_gap < 0.3, "max gap %.3f", l->max_gap);
+	pv_pg_close(conn);
+}
+
+START_TEST(test_pg__accept_never_answers)
+{
+	struct loop l;
+	struct fake_pg f;
+	char *ci;
+
+	loop_init(&l, false);
+	fake_pg_start(&f, l.base, true);
+	ci = pv_asprintf("host=127.0.0.1 port=%d dbname=demo user=vigil", f.port);
+	assert_timeout_without_stall(&l, ci, 1.0);
+	ck_assert_int_ge(f.nfds, 1);
+	fake_pg_stop(&f);
+	free(ci);
+	loop_free(&l);
+}
+END_TEST
+
+START_TEST(test_pg__stall_after_startup)
+{
+	struct loop l;
+	struct fake_pg f;
+	char *ci;
+
+	loop_init(&l, false);
+	fake_pg_start(&f, l.base, false);
+	/* sslmode=prefer: the SSLRequest is refused with 'N' first, then the startup packet stalls. */
+	ci = pv_asprintf("host=127.0.0.1 port=%d dbname=demo user=vigil sslmode=prefer", f.port);
+	assert_timeout_without_stall(&l, ci, 1.0);
+	ck_assert(f.got_startup);
+	fake_pg_stop(&f);
+	free(ci);
+	loop_free(&l);
+}
+END_TEST
+
+START_TEST(test_pg__dns_never_answers)
+{
+	struct loop l;
+	struct fake_dns d;
+	char *ci;
+
+	loop_init(&l, false);
+	fake_dns_start(&d, &l);
+	ci = tcp_conninfo("silent.pgvigil.test", pg_port);
+	assert_timeout_without_stall(&l, ci, 1.0);
+	ck_assert_int_ge(d.queries, 1);
+	fake_dns_stop(&d);
+	free(ci);
+	loop_free(&l);
+}
+END_TEST
+
+START_TEST(test_pg__health_timeout)
+{
+	struct loop l;
+	struct fake_pg f;
+	struct health_wait w;
+	char *ci;
+
+	loop_init(&l, false);
+	fake_pg_start(&f, l.base, false);
+	ci = pv_asprintf("host=127.0.0.1 port=%d dbname=demo user=vigil", f.port);
+	w = run_health(&l, ci, "vigil-secret", 1.0);
+	ck_assert(!w.r.ok);
+	ck_assert_int_eq(w.r.error.code, PV_ERR_PG_TIMEOUT);
+	ck_assert_str_eq(w.r.error.msg, "connection timed out after 1.0s");
+	fake_pg_stop(&f);
+	free(ci);
+	loop_free(&l);
+}
+END_TEST
+
+/* Count of pg_stat_activity rows for pid, as seen from another session. */
+static int
+backend_count(struct loop *l, struct pv_pg_conn *observer, int pid, const char *extra)
+{
+	struct query_wait q;
+	char pidbuf[16];
+	char *sql = pv_asprintf("SELECT count(*) FROM pg_stat_activity WHERE pid = $1%s", extra);
+
+	snprintf(pidbuf, sizeof(pidbuf), "%d", pid);
+	query_sync(l, observer, sql, pidbuf, 5, &q);
+	free(sql);
+	ck_assert_msg(q.ok, "pg_stat_activity: %s", q.err.msg);
+	return atoi(q.value);
+}
+
+START_TEST(test_pg__query_deadline_ends_backend)
+{
+	struct loop l;
+	struct connect_wait cw;
+	struct query_wait q;
+	struct pv_pg_conn *conn, *observer;
+	char *ci = pv_asprintf("host=%s port=%d dbname=demo user=vigil", pg_sock, pg_port);
+	struct pv_error err;
+	double t0, deadline_at;
+	int pid, n = 1;
+
+	loop_init(&l, false);
+	observer = connect_sync(&l, ci, NULL, 10, &cw);
+	ck_assert_msg(cw.ok, "%s", cw.err.msg);
+	conn = connect_sync(&l, ci, NULL, 10, &cw);
+	ck_assert_msg(cw.ok, "%s", cw.err.msg);
+	pid = pv_pg_backend_pid(conn);
+	ck_assert_int_gt(pid, 0);
+
+	memset(&q, 0, sizeof(q));
+	q.base = l.base;
+	t0 = pv_pg_now();
+	ck_assert(pv_pg_query_start(conn, "SELECT pg_sleep(5)", 0, NULL, 0.5, query_cb, &q, &err));
+	/* While it sleeps the backend is active (so the check below can tell "gone" apart). */
+	ck_assert_int_eq(backend_count(&l, observer, pid, " AND state = 'active'"), 1);
+	ck_assert_int_eq(q.calls, 0);
+	loop_run(&l, 5);
+	ck_assert_int_eq(q.calls, 1);
+	ck_assert(!q.ok);
+	ck_assert_int_eq(q.err.code, PV_ERR_PG_TIMEOUT);
+	ck_assert_str_eq(q.err.msg, "query timed out after 0.5s");
+	ck_assert_msg(q.finished - t0 >= 0.45 && q.finished - t0 < 1.5, "elapsed %.3f", q.finished - t0);
+	deadline_at = q.finished;
+
+	/* The connection is unusable afterwards. */
+	ck_assert(!pv_pg_query_start(conn, "SELECT 1", 0, NULL, 1, query_cb, &q, &err));
+
+	/* The server aborts the sleep well before its 5 s are up. */
+	while (pv_pg_now() - deadline_at < 3.5) {
+		n = backend_count(&l, observer, pid, "");
+		if (n == 0)
+			break;
+		usleep(100 * 1000);
+	}
+	ck_assert_msg(n == 0, "backend %d still present %.1fs after the deadline", pid,
+	              pv_pg_now() - deadline_at);
+	ck_assert(pv_pg_now() - t0 < 4.5);
+	pv_pg_close(conn);
+	pv_pg_close(observer);
+	free(ci);
+	loop_free(&l);
+}
+END_TEST
+
+START_TEST(test_pg__query_error_keeps_connection)
+{
+	struct loop l;
+	struct connect_wait cw;
+	struct query_wait q;
+	struct pv_pg_conn *conn;
+	char *ci = pv_asprintf("host=%s port=%d dbname=demo user=vigil", pg_sock, pg_port);
+
+	loop_init(&l, false);
+	conn = connect_sync(&l, ci, NULL, 10, &cw);
+	ck_assert_msg(cw.ok, "%s", cw.err.msg);
+	query_sync(&l, conn, "SELECT 1/0", NULL, 5, &q);
+	ck_assert(!q.ok);
+	ck_assert_int_eq(q.err.code, PV_ERR_PG_QUERY);
+	ck_assert_str_eq(q.err.msg, "division by zero");
+	query_sync(&l, conn, "SELECT $1::int + 1", "41", 5, &q);
+	ck_assert(q.ok);
+	ck_assert_str_eq(q.value, "42");
+	/* The session was started with our application_name. */
+	query_sync(&l, conn, "SELECT current_setting('application_name')", NULL, 5, &q);
+	ck_assert_str_eq(q.value, "pgvigil");
+	pv_pg_close(conn);
+	free(ci);
+	loop_free(&l);
+}
+END_TEST
+
+/* Close at 200 ms, then keep the loop running past the deadline: the callback must never run. */
+static void
+close_cb(evutil_socket_t fd, short what, void *arg)
+{
+	pv_pg_close(arg);
+}
+
+static void
+assert_close_silences(struct loop *l, const char *conninfo)
+{
+	struct connect_wait w;
+	struct pv_error err;
+	struct pv_pg_conn *conn;
+	struct timeval tv = tv_of(0.2);
+	struct event *ev;
+
+	memset(&w, 0, sizeof(w));
+	w.base = l->base;
+	conn = pv_pg_connect(l->base, l->dns, conninfo, NULL, 1.0, connect_cb, &w, &err);
+	ck_assert_ptr_nonnull(conn);
+	ev = evtimer_new(l->base, close_cb, conn);
+	evtimer_add(ev, &tv);
+	loop_run(l, 1.6);
+	ck_assert_int_eq(w.calls, 0);
+	event_free(ev);
+}
+
+START_TEST(test_pg__close_during_connect)
+{
+	struct loop l;
+	struct fake_pg f;
+	char *ci;
+
+	loop_init(&l, false);
+	fake_pg_start(&f, l.base, false);
+	ci = pv_asprintf("host=127.0.0.1 port=%d dbname=demo user=vigil", f.port);
+	assert_close_silences(&l, ci);
+	ck_assert(f.got_startup);
+	fake_pg_stop(&f);
+	free(ci);
+	loop_free(&l);
+}
+END_TEST
+
+START_TEST(test_pg__close_during_dns)
+{
+	struct loop l;
+	struct fake_dns d;
+	char *ci;
+
+	loop_init(&l, false);
+	fake_dns_start(&d, &l);
+	ci = tcp_conninfo("silent.pgvigil.test", pg_port);
+	assert_close_silences(&l, ci);
+	ck_assert_int_ge(d.queries, 1);
+	fake_dns_stop(&d);
+	free(ci);
+	loop_free(&l);
+}
+END_TEST
+
+START_TEST(test_pg__close_during_query)
+{
+	struct loop l;
+	struct connect_wait cw;
+	struct query_wait q;
+	struct pv_pg_conn *conn;
+	struct pv_error err;
+	struct timeval tv = tv_of(0.2);
+	struct event *ev;
+	char *ci = pv_asprintf("host=%s port=%d dbname=demo user=vigil", pg_sock, pg_port);
+
+	loop_init(&l, false);
+	conn = connect_sync(&l, ci, NULL, 10, &cw);
+	ck_assert_msg(cw.ok, "%s", cw.err.msg);
+	memset(&q, 0, sizeof(q));
+	q.base = l.base;
+	ck_assert(pv_pg_query_start(conn, "SELECT pg_sleep(3)", 0, NULL, 1.0, query_cb, &q, &err));
+	ev = evtimer_new(l.base, close_cb, conn);
+	evtimer_add(ev, &tv);
+	loop_run(&l, 1.5);
+	ck_assert_int_eq(q.calls, 0);
+	event_free(ev);
+	free(ci);
+	loop_free(&l);
+}
+END_TEST
+
+static void
+cancel_cb(evutil_socket_t fd, short what, void *arg)
+{
+	pv_pg_health_cancel(arg);
+}
+
+START_TEST(test_pg__health_cancel)
+{
+	struct loop l;
+	struct fake_pg f;
+	struct health_wait w;
+	struct pv_pg_health_op *op;
+	struct timeval tv = tv_of(0.2);
+	struct event *ev;
+	char *ci;
+
+	loop_init(&l, false);
+	fake_pg_start(&f, l.base, true);
+	ci = pv_asprintf("host=127.0.0.1 port=%d dbname=demo user=vigil", f.port);
+	memset(&w, 0, sizeof(w));
+	w.base = l.base;
+	op = pv_pg_health_start(l.base, l.dns, ci, NULL, 1.0, health_cb, &w);
+	ev = evtimer_new(l.base, cancel_cb, op);
+	evtimer_add(ev, &tv);
+	loop_run(&l, 1.6);
+	ck_assert_int_eq(w.calls, 0);
+	pv_pg_health_cancel(NULL);
+	event_free(ev);
+	fake_pg_stop(&f);
+	free(ci);
+	loop_free(&l);
+}
+END_TEST
+
+START_TEST(test_pg__bad_conninfo)
+{
+	struct loop l;
+	struct pv_error err;
+	struct health_wait w;
+
+	loop_init(&l, false);
+	ck_assert_ptr_null(pv_pg_connect(l.base, l.dns, "host=x nosuchkey=1 password=hunter2", NULL, 1,
+	                                 connect_cb, NULL, &err));
+	ck_assert_int_eq(err.code, PV_ERR_PG_CONNECT);
+	ck_assert_msg(strstr(err.msg, "invalid conninfo") != NULL, "msg: %s", err.msg);
+	ck_assert_ptr_null(strstr(err.msg, "hunter2"));
+	/* The health probe reports it through its callback, from the loop. */
+	w = run_health(&l, "host=x nosuchkey=1", NULL, 1);
+	ck_assert(!w.r.ok);
+	ck_assert_int_eq(w.r.error.code, PV_ERR_PG_CONNECT);
+	loop_free(&l);
+}
+END_TEST
+
+START_TEST(test_pg__conninfo_redact)
+{
+	static const struct {
+		const char *in, *out;
+	} cases[] = {
+	        {"host=db password=secret user=x", "host=db password=**** user=x"},
+	        {"password=secret", "password=****"},
+	        {"host=db password = 'se cret\\' x' user=x", "host=db password=**** user=x"},
+	        {"host=db sslpassword=k dbname=d", "host=db sslpassword=**** dbname=d"},
+	        {"host=db mypassword=keep", "host=db mypassword=keep"},
+	        {"host=db user=x", "host=db user=x"},
+	        {"", ""},
+	        {"password='unterminated", "password=****"},
+	        {"postgresql://u:secret@db:5432/x", "postgresql://u:****@db:5432/x"},
+	        {"postgres://u@db/x?password=secret&sslmode=require",
+	         "postgres://u@db/x?password=****&sslmode=require"},
+	        {"postgresql://u:p@db/x?sslmode=require&password=s",
+	         "postgresql://u:****@db/x?sslmode=require&password=****"},
+	        {"postgresql://db/x", "postgresql://db/x"},
+	        {"postgresql:///x?host=/run/postgresql", "postgresql:///x?host=/run/postgresql"},
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char *r = pv_pg_conninfo_redact(cases[i].in);
+		ck_assert_msg(strcmp(r, cases[i].out) == 0, "case %zu: got \"%s\" want \"%s\"", i, r,
+		              cases[i].out);
+		free(r);
+	}
+	{
+		char *r = pv_pg_conninfo_redact(NULL);
+		ck_assert_str_eq(r, "");
+		free(r);
+	}
+}
+END_TEST
+
+/* ---- harness ---- */
+
+static int
+pgtmp(const char *args)
+{
+	const char *srcdir = getenv("srcdir");
+	char *cmd = pv_asprintf("%s/tests/lib/pgtmp %s >/dev/null", srcdir ? srcdir : ".", args);
+	int rc = system(cmd);
+	free(cmd);
+	return rc;
+}
+
+int
+main(void)
+{
+	Suite *s = suite_create("pg");
+	TCase *tc = tcase_create("core");
+	SRunner *sr;
+	int failed;
+	char *args;
+	char tmpl[] = "/tmp/pgvigil-check-pg-XXXXXX";
+
+	if (mkdtemp(tmpl) == NULL) {
+		perror("mkdtemp");
+		return EXIT_FAILURE;
+	}
+	pv_strlcpy(pg_dir, tmpl, sizeof(pg_dir));
+	snprintf(pg_sock, sizeof(pg_sock), "%s/sock", pg_dir);
+	pg_port = 54000 + getpid() % 1000;
+	args = pv_asprintf("start %s %d", pg_dir, pg_port);
+	if (pgtmp(args) != 0) {
+		fprintf(stderr, "check_pg: could not start a throwaway PostgreSQL (tests/lib/pgtmp %s)\n",
+		        args);
+		free(args);
+		rmdir(pg_dir);
+		return EXIT_FAILURE;
+	}
+	free(args);
+
+	tcase_set_timeout(tc, 30);
+	tcase_add_test(tc, test_pg__health_tcp_password);
+	tcase_add_test(tc, test_pg__health_unix_socket);
+	tcase_add_test(tc, test_pg__health_uri_form);
+	tcase_add_test(tc, test_pg__localhost_resolved_with_evdns);
+	tcase_add_test(tc, test_pg__hostname_via_dns_server);
+	tcase_add_test(tc, test_pg__host_list_falls_through);
+	tcase_add_test(tc, test_pg__wrong_password);
+	tcase_add_test(tc, test_pg__connection_refused);
+	tcase_add_test(tc, test_pg__unknown_host);
+	tcase_add_test(tc, test_pg__accept_never_answers);
+	tcase_add_test(tc, test_pg__stall_after_startup);
+	tcase_add_test(tc, test_pg__dns_never_answers);
+	tcase_add_test(tc, test_pg__health_timeout);
+	tcase_add_test(tc, test_pg__query_deadline_ends_backend);
+	tcase_add_test(tc, test_pg__query_error_keeps_connection);
+	tcase_add_test(tc, test_pg__close_during_connect);
+	tcase_add_test(tc, test_pg__close_during_dns);
+	tcase_add_test(tc, test_pg__close_during_query);
+	tcase_add_test(tc, test_pg__health_cancel);
+	tcase_add_test(tc, test_pg__bad_conninfo);
+	tcase_add_test(tc, test_pg__conninfo_redact);
+	suite_add_tcase(s, tc);
+	sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+
+	args = pv_asprintf("stop %s", pg_dir);
+	pgtmp(args);
+	free(args);
+	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -1,0 +1,850 @@
+/* Unit tests for src/state: file creation and WAL mode, migrations, queries, refusal of bad files, kill -9.
+ */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "state/state.h"
+#include "util/error.h"
+#include "util/mem.h"
+
+/* Check runs unchecked fixtures in the parent once per TCase, so the base directory is removed even
+ * when a test fails in its forked child; each test makes its own subdirectory under it. */
+static char base_dir[PATH_MAX];
+
+static void
+base_setup(void)
+{
+	const char *tmp = getenv("TMPDIR");
+
+	snprintf(base_dir, sizeof(base_dir), "%s/pgvigil-check-state-XXXXXX", tmp != NULL ? tmp : "/tmp");
+	if (mkdtemp(base_dir) == NULL) {
+		perror("mkdtemp");
+		abort();
+	}
+}
+
+static int
+remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	return remove(path);
+}
+
+static void
+base_teardown(void)
+{
+	nftw(base_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* A fresh directory for one test, and the state database path inside it. */
+static void
+test_paths(char *dir, size_t dir_size, char *db, size_t db_size)
+{
+	snprintf(dir, dir_size, "%s/t-XXXXXX", base_dir);
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(db, db_size, "%s/state.db", dir);
+}
+
+#define TEST_PATHS()                                                                                         \
+	char dir[PATH_MAX], path[PATH_MAX + 16];                                                             \
+	test_paths(dir, sizeof(dir), path, sizeof(path))
+
+static struct pv_state *
+open_ok(const char *path)
+{
+	struct pv_state *st = NULL;
+	struct pv_error err = {0};
+
+	if (!pv_state_open(path, &st, &err))
+		ck_abort_msg("pv_state_open(%s) failed: %s", path, err.msg);
+	ck_assert_ptr_nonnull(st);
+	return st;
+}
+
+/* Direct SQLite access, to look at the file independently of the module under test. */
+static sqlite3 *
+raw_open(const char *path)
+{
+	sqlite3 *db = NULL;
+
+	ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL),
+	                 SQLITE_OK);
+	sqlite3_busy_timeout(db, 5000);
+	return db;
+}
+
+static void
+raw_exec(sqlite3 *db, const char *sql)
+{
+	char *msg = NULL;
+
+	if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
+		ck_abort_msg("%s: %s", sql, msg);
+}
+
+/* First column of the first row as a malloc'ed string; NULL when no row or SQL NULL. */
+static char *
+raw_text(sqlite3 *db, const char *sql)
+{
+	sqlite3_stmt *s = NULL;
+	char *out = NULL;
+	int rc;
+
+	if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK)
+		ck_abort_msg("%s: %s", sql, sqlite3_errmsg(db));
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL)
+		out = pv_strdup((const char *)sqlite3_column_text(s, 0));
+	else if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		ck_abort_msg("%s: %s", sql, sqlite3_errmsg(db));
+	sqlite3_finalize(s);
+	return out;
+}
+
+static long long
+raw_int(sqlite3 *db, const char *sql)
+{
+	char *t = raw_text(db, sql);
+	long long v;
+
+	ck_assert_ptr_nonnull(t);
+	v = atoll(t);
+	free(t);
+	return v;
+}
+
+static char *
+read_file(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	char *buf;
+	long n;
+
+	ck_assert_ptr_nonnull(f);
+	fseek(f, 0, SEEK_END);
+	n = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	buf = pv_malloc((size_t)n + 1);
+	ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
+	buf[n] = '\0';
+	fclose(f);
+	*len = (size_t)n;
+	return buf;
+}
+
+static void
+write_file(const char *path, const void *data, size_t len)
+{
+	FILE *f = fopen(path, "wb");
+
+	ck_assert_ptr_nonnull(f);
+	ck_assert_uint_eq(fwrite(data, 1, len, f), len);
+	ck_assert_int_eq(fclose(f), 0);
+}
+
+static bool
+exists(const char *path)
+{
+	struct stat sb;
+	return stat(path, &sb) == 0;
+}
+
+/* Redirect stderr (where pv_log writes) to a file, to assert on the log lines a test produces. */
+static int saved_stderr = -1;
+
+static void
+capture_begin(const char *file)
+{
+	int fd;
+
+	fflush(stderr);
+	saved_stderr = dup(STDERR_FILENO);
+	fd = open(file, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	ck_assert_int_ge(fd, 0);
+	dup2(fd, STDERR_FILENO);
+	close(fd);
+}
+
+static char *
+capture_end(const char *file)
+{
+	size_t len;
+
+	fflush(stderr);
+	dup2(saved_stderr, STDERR_FILENO);
+	close(saved_stderr);
+	return read_file(file, &len);
+}
+
+START_TEST(test_state__open_creates_private_wal_file)
+{
+	TEST_PATHS();
+	char wal[PATH_MAX + 32], shm[PATH_MAX + 32], logf[PATH_MAX + 16];
+	struct pv_state *st;
+	struct stat sb;
+	sqlite3 *db;
+	char *mode, *log;
+
+	snprintf(wal, sizeof(wal), "%s-wal", path);
+	snprintf(shm, sizeof(shm), "%s-shm", path);
+	snprintf(logf, sizeof(logf), "%s/log", dir);
+	/* With umask 0 a mode taken from defaults would show: 0600 must be asked for explicitly. */
+	umask(0);
+	capture_begin(logf);
+	st = open_ok(path);
+	log = capture_end(logf);
+	ck_assert_ptr_nonnull(strstr(log, "state database migrated"));
+	ck_assert_ptr_nonnull(strstr(log, "version=1"));
+	free(log);
+
+	ck_assert_int_eq(stat(path, &sb), 0);
+	ck_assert_int_eq(sb.st_mode & 07777, 0600);
+	ck_assert_int_eq(stat(wal, &sb), 0);
+	ck_assert_int_eq(sb.st_mode & 07777, 0600);
+	ck_assert_int_eq(stat(shm, &sb), 0);
+	ck_assert_int_eq(sb.st_mode & 07777, 0600);
+
+	ck_assert_int_ge(pv_state_schema_latest(), 1);
+	ck_assert_int_eq(pv_state_schema_version(st), pv_state_schema_latest());
+
+	db = raw_open(path);
+	mode = raw_text(db, "PRAGMA journal_mode");
+	ck_assert_str_eq(mode, "wal");
+	free(mode);
+	ck_assert_int_eq(raw_int(db, "PRAGMA user_version"), pv_state_schema_latest());
+	ck_assert_int_eq(raw_int(db, "PRAGMA application_id"), 0x70677667); /* "pgvg" */
+	ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM sqlite_master WHERE name IN "
+	                             "('runs', 'runs_job_id', 'sched', 'kv')"),
+	                 4);
+	sqlite3_close(db);
+	ck_assert(pv_state_kv_set(st, "k", "v", NULL));
+	pv_state_close(st);
+
+	/* Reopening migrates nothing and keeps the data. */
+	capture_begin(logf);
+	st = open_ok(path);
+	log = capture_end(logf);
+	ck_assert_str_eq(log, "");
+	free(log);
+	ck_assert_int_eq(pv_state_schema_version(st), pv_state_schema_latest());
+	{
+		char *v = NULL;
+		ck_assert(pv_state_kv_get(st, "k", &v, NULL));
+		ck_assert_str_eq(v, "v");
+		free(v);
+	}
+	pv_state_close(st);
+	pv_state_close(NULL);
+}
+END_TEST
+
+START_TEST(test_state__newer_schema_refused)
+{
+	TEST_PATHS();
+	struct pv_state *st = open_ok(path);
+	struct pv_error err = {0};
+	char sql[64], want_have[64], want_know[64];
+	sqlite3 *db;
+	int newer = pv_state_schema_latest() + 1;
+
+	pv_state_close(st);
+	db = raw_open(path);
+	snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", newer);
+	raw_exec(db, sql);
+	sqlite3_close(db);
+
+	st = (struct pv_state *)&err; /* must be reset to NULL on failure */
+	ck_assert(!pv_state_open(path, &st, &err));
+	ck_assert_ptr_null(st);
+	ck_assert_int_eq(err.code, PV_ERR_STATE);
+	snprintf(want_have, sizeof(want_have), "schema version %d", newer);
+	snprintf(want_know, sizeof(want_know), "the %d this pgvigil knows", pv_state_schema_latest());
+	ck_assert_msg(strstr(err.msg, want_have) != NULL, "message: %s", err.msg);
+	ck_assert_msg(strstr(err.msg, want_know) != NULL, "message: %s", err.msg);
+	ck_assert_ptr_nonnull(strstr(err.msg, path));
+
+	db = raw_open(path);
+	ck_assert_int_eq(raw_int(db, "PRAGMA user_version"), newer);
+	sqlite3_close(db);
+}
+END_TEST
+
+START_TEST(test_state__runs_round_trip)
+{
+	TEST_PATHS();
+	struct pv_state *st = open_ok(path);
+	struct pv_error err = {0};
+	struct pv_state_run run, *runs;
+	int64_t a, b, c, count;
+	size_t n;
+
+	ck_assert(
+	        pv_state_run_begin(st, "nightly", "backup", "production", "schedule", 1000, 1005, &a, &err));
+	ck_assert(pv_state_run_begin(st, "health", "health", NULL, "manual", 0, 1010, &b, &err));
+	ck_assert(
+	        pv_state_run_begin(st, "nightly", "backup", "production", "catch_up", 2000, 2001, &c, &err));
+	ck_assert_int_lt(a, b);
+	ck_assert_int_lt(b, c);
+
+	/* A running run: no finish, no result. */
+	ck_assert(pv_state_run_last(st, "nightly", &run, &err));
+	ck_assert_int_eq(run.id, c);
+	ck_assert_str_eq(run.job, "nightly");
+	ck_assert_str_eq(run.type, "backup");
+	ck_assert_str_eq(run.database, "production");
+	ck_assert_str_eq(run.trigger, "catch_up");
+	ck_assert_int_eq(run.scheduled_for, 2000);
+	ck_assert_int_eq(run.started, 2001);
+	ck_assert_int_eq(run.finished, 0);
+	ck_assert_ptr_null(run.result);
+	ck_assert_ptr_null(run.cause);
+	ck_assert_ptr_null(run.figures);
+	pv_state_run_clear(&run);
+
+	ck_assert(pv_state_run_end(st, a, 1065, 60.5, "ok", NULL, "{\"bytes\": 1234}", &err));
+	ck_assert(pv_state_run_end(st, b, 1011, 1.25, "failed", "connection refused", NULL, &err));
+	ck_assert(pv_state_run_end(st, c, 2002, 1.0, "ok", NULL, NULL, &err));
+
+	ck_assert(pv_state_run_last(st, "health", &run, &err));
+	ck_assert_int_eq(run.id, b);
+	ck_assert_ptr_null(run.database);
+	ck_assert_int_eq(run.scheduled_for, 0);
+	ck_assert_int_eq(run.finished, 1011);
+	ck_assert_double_eq(run.duration, 1.25);
+	ck_assert_str_eq(run.result, "failed");
+	ck_assert_str_eq(run.cause, "connection refused");
+	ck_assert_ptr_null(run.figures);
+	pv_state_run_clear(&run);
+	pv_state_run_clear(&run); /* cleared twice is harmless */
+
+	ck_assert(pv_state_runs_list(st, NULL, 0, &runs, &n, &err));
+	ck_assert_uint_eq(n, 3);
+	ck_assert_int_eq(runs[0].id, c);
+	ck_assert_int_eq(runs[1].id, b);
+	ck_assert_int_eq(runs[2].id, a);
+	ck_assert_str_eq(runs[2].figures, "{\"bytes\": 1234}");
+	ck_assert_double_eq(runs[2].duration, 60.5);
+	ck_assert_ptr_null(runs[2].cause);
+	pv_state_runs_free(runs, n);
+
+	ck_assert(pv_state_runs_list(st, "nightly", 1, &runs, &n, &err));
+	ck_assert_uint_eq(n, 1);
+	ck_assert_int_eq(runs[0].id, c);
+	pv_state_runs_free(runs, n);
+
+	ck_assert(pv_state_runs_list(st, "nightly", 10, &runs, &n, &err));
+	ck_assert_uint_eq(n, 2);
+	ck_assert_int_eq(runs[0].id, c);
+	ck_assert_int_eq(runs[1].id, a);
+	pv_state_runs_free(runs, n);
+
+	ck_assert(pv_state_runs_list(st, "nobody", 10, &runs, &n, &err));
+	ck_assert_uint_eq(n, 0);
+	pv_state_runs_free(runs, n);
+	pv_state_runs_free(NULL, 0);
+
+	ck_assert(pv_state_runs_count(st, "nightly", NULL, &count, &err));
+	ck_assert_int_eq(count, 2);
+	ck_assert(pv_state_runs_count(st, "nightly", "ok", &count, &err));
+	ck_assert_int_eq(count, 2);
+	ck_assert(pv_state_runs_count(st, "nightly", "failed", &count, &err));
+	ck_assert_int_eq(count, 0);
+	ck_assert(pv_state_runs_count(st, NULL, "failed", &count, &err));
+	ck_assert_int_eq(count, 1);
+	ck_assert(pv_state_runs_count(st, NULL, NULL, &count, &err));
+	ck_assert_int_eq(count, 3);
+
+	/* Missing rows and misuse are reported, not ignored. */
+	ck_assert(!pv_state_run_last(st, "nobody", &run, &err));
+	ck_assert_int_eq(err.code, PV_ERR_NOT_FOUND);
+	ck_assert_ptr_nonnull(strstr(err.msg, "nobody"));
+	pv_state_run_clear(&run);
+	ck_assert(!pv_state_run_end(st, c + 100, 1, 1, "ok", NULL, NULL, &err));
+	ck_assert_int_eq(err.code, PV_ERR_NOT_FOUND);
+	ck_assert(!pv_state_run_end(st, a, 9999, 1, "failed", NULL, NULL, &err));
+	ck_assert_int_eq(err.code, PV_ERR_STATE);
+	ck_assert_msg(strstr(err.msg, "already ended with result ok") != NULL, "message: %s", err.msg);
+	ck_assert(!pv_state_run_end(st, a, 9999, 1, NULL, NULL, NULL, &err));
+	ck_assert_int_eq(err.code, PV_ERR_INTERNAL);
+	ck_assert(pv_state_run_last(st, "nightly", &run, &err));
+	ck_assert_int_eq(run.id, c);
+	pv_state_run_clear(&run);
+	ck_assert(pv_state_runs_list(st, "nightly", 0, &runs, &n, &err));
+	ck_assert_int_eq(runs[1].finished, 1065); /* the refused second end changed nothing */
+	pv_state_runs_free(runs, n);
+
+	pv_state_close(st);
+}
+END_TEST
+
+START_TEST(test_state__error_names_action)
+{
+	TEST_PATHS();
+	struct pv_state *st = open_ok(path);
+	struct pv_error err = {0};
+	int64_t id = -1;
+
+	ck_assert(!pv_state_run_begin(st, NULL, "backup", NULL, "manual", 0, 1, &id, &err));
+	ck_assert_int_eq(err.code, PV_ERR_STATE);
+	ck_assert_msg(strstr(err.msg, "recording run start") == err.msg, "message: %s", err.msg);
+	ck_assert_msg(strstr(err.msg, "NOT NULL constraint failed: runs.job") != NULL, "message: %s",
+	              err.msg);
+	ck_assert_int_eq(id, -1);
+	/* The connection is still usable after a failed statement. */
+	ck_assert(pv_state_run_begin(st, "j", "backup", NULL, "manual", 0, 1, &id, &err));
+	pv_state_close(st);
+}
+END_TEST
+
+START_TEST(test_state__unfinished_runs_marked_interrupted)
+{
+	TEST_PATHS();
+	char logf[PATH_MAX + 16];
+	struct pv_state *st = open_ok(path);
+	struct pv_error err = {0};
+	struct pv_state_run run;
+	int64_t done, left, count;
+	char *log;
+
+	snprintf(logf, sizeof(logf), "%s/log", dir);
+	ck_assert(
+	        pv_state_run_begin(st, "nightly", "backup", "production", "schedule", 100, 105, &done, &err));
+	ck_assert(pv_state_run_end(st, done, 110, 5, "ok", NULL, NULL, &err));
+	ck_assert(
+	        pv_state_run_begin(st, "nightly", "backup", "production", "schedule", 200, 205, &left, &err));
+	pv_state_close(st);
+
+	capture_begin(logf);
+	st = open_ok(path);
+	log = capture_end(logf);
+	ck_assert_msg(strstr(log, "marked interrupted count=1") != NULL, "log: %s", log);
+	free(log);
+
+	ck_assert(pv_state_run_last(st, "nightly", &run, &err));
+	ck_assert_int_eq(run.id, left);
+	ck_assert_str_eq(run.result, "interrupted");
+	ck_assert_str_eq(run.cause, "daemon stopped while running");
+	ck_assert_int_eq(run.finished, 205);
+	pv_state_run_clear(&run);
+	ck_assert(pv_state_runs_count(st, "nightly", "ok", &count, &err));
+	ck_assert_int_eq(count, 1);
+	pv_state_close(st);
+
+	/* Nothing left to mark: no second log line, the earlier marking stands. */
+	capture_begin(logf);
+	st = open_ok(path);
+	log = capture_end(logf);
+	ck_assert_str_eq(log, "");
+	free(log);
+	ck_assert(pv_state_runs_count(st, "nightly", "interrupted", &count, &err));
+	ck_assert_int_eq(count, 1);
+	pv_state_close(st);
+}
+END_TEST
+
+START_TEST(test_state__sched_get_set)
+{
+	TEST_PATHS();
+	struct pv_state *st = open_ok(path);
+	struct pv_error err = {0};
+	time_t slot = 42;
+
+	ck_assert(!pv_state_sched_get(st, "nightly", &slot, &err));
+	ck_assert_int_eq(err.code, PV_ERR_NOT_FOUND);
+	ck_assert_ptr_nonnull(strstr(err.msg, "nightly"));
+	ck_assert_int_eq(slot, 42);
+
+	ck_assert(pv_state_sched_set(st, "nightly", 1700000000, &err));
+	ck_assert(pv_state_sched_set(st, "hourly", 1700003600, &err));
+	ck_assert(pv_state_sched_get(st, "nightly", &slot, &err));
+	ck_assert_int_eq(slot, 1700000000);
+	ck_assert(pv_state_sched_set(st, "nightly", 1700086400, &err));
+	pv_state_close(st);
+
+	st = open_ok(path);
+	ck_assert(pv_state_sched_get(st, "nightly", &slot, &err));
+	ck_assert_int_eq(slot, 1700086400);
+	ck_assert(pv_state_sched_get(st, "hourly", &slot, &err));
+	ck_assert_int_eq(slot, 1700003600);
+	pv_state_close(st);
+}
+END_TEST
+
+START_TEST(test_state__kv_get_set)
+{
+	TEST_PATHS();
+	struct pv_state *st = open_ok(path);
+	struct pv_error err = {0};
+	char *v = (char *)"sentinel";
+
+	ck_assert(!pv_state_kv_get(st, "last_reload", &v, &err));
+	ck_assert_int_eq(err.code, PV_ERR_NOT_FOUND);
+	ck_assert_ptr_null(v);
+
+	ck_assert(pv_state_kv_set(st, "last_reload", "2026-11-24T02:00:00Z ok", &err));
+	ck_assert(pv_state_kv_get(st, "last_reload", &v, &err));
+	ck_assert_str_eq(v, "2026-11-24T02:00:00Z ok");
+	free(v);
+	ck_assert(pv_state_kv_set(st, "last_reload", "", &err));
+	ck_assert(pv_state_kv_get(st, "last_reload", &v, &err));
+	ck_assert_str_eq(v, "");
+	free(v);
+	ck_assert(pv_state_kv_set(st, "last_reload", "later", &err));
+	pv_state_close(st);
+
+	st = open_ok(path);
+	ck_assert(pv_state_kv_get(st, "last_reload", &v, &err));
+	ck_assert_str_eq(v, "later");
+	free(v);
+	pv_state_close(st);
+}
+END_TEST
+
+static void
+assert_refused_untouched(const char *path, const void *content, size_t len, const char *expect)
+{
+	char wal[PATH_MAX + 32], shm[PATH_MAX + 32];
+	struct pv_state *st = NULL;
+	struct pv_error err = {0};
+	size_t got_len;
+	char *got;
+
+	write_file(path, content, len);
+	ck_assert(!pv_state_open(path, &st, &err));
+	ck_assert_ptr_null(st);
+	ck_assert_int_eq(err.code, PV_ERR_STATE);
+	ck_assert_msg(strstr(err.msg, expect) != NULL, "message: %s", err.msg);
+	ck_assert_ptr_nonnull(strstr(err.msg, path));
+	got = read_file(path, &got_len);
+	ck_assert_uint_eq(got_len, len);
+	ck_assert(memcmp(got, content, len) == 0);
+	free(got);
+	snprintf(wal, sizeof(wal), "%s-wal", path);
+	snprintf(shm, sizeof(shm), "%s-shm", path);
+	ck_assert(!exists(wal));
+	ck_assert(!exists(shm));
+}
+
+START_TEST(test_state__garbage_file_refused_untouched)
+{
+	TEST_PATHS();
+	char garbage[8192];
+
+	for (size_t i = 0; i < sizeof(garbage); i++)
+		garbage[i] = (char)("not a database\n"[i % 15]);
+	assert_refused_untouched(path, garbage, sizeof(garbage), "is not an SQLite database");
+	/* Shorter than an SQLite header. */
+	assert_refused_untouched(path, "SQLite", 6, "is not an SQLite database");
+	/* Right magic, nonsense after it: SQLite itself must refuse it. */
+	memcpy(garbage, "SQLite format 3", 16);
+	assert_refused_untouched(path, garbage, sizeof(garbage), "file is not a database");
+}
+END_TEST
+
+START_TEST(test_state__foreign_sqlite_database_refused)
+{
+	TEST_PATHS();
+	struct pv_state *st = NULL;
+	struct pv_error err = {0};
+	sqlite3 *db = raw_open(path);
+
+	raw_exec(db, "CREATE TABLE photos (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO photos VALUES (1, "
+	             "'x')");
+	sqlite3_close(db);
+
+	ck_assert(!pv_state_open(path, &st, &err));
+	ck_assert_ptr_null(st);
+	ck_assert_int_eq(err.code, PV_ERR_STATE);
+	ck_assert_msg(strstr(err.msg, "not a pgvigil state database") != NULL, "message: %s", err.msg);
+
+	db = raw_open(path);
+	ck_assert_int_eq(raw_int(db, "PRAGMA user_version"), 0);
+	ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM sqlite_master WHERE name = 'runs'"), 0);
+	ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM photos"), 1);
+	sqlite3_close(db);
+}
+END_TEST
+
+START_TEST(test_state__corrupt_database_refused)
+{
+	TEST_PATHS();
+	struct pv_state *st = open_ok(path);
+	struct pv_error err = {0};
+	char filler[200];
+	int64_t id;
+	int fd;
+
+	memset(filler, 'x', sizeof(filler) - 1);
+	filler[sizeof(filler) - 1] = '\0';
+	for (int i = 0; i < 200; i++)
+		ck_assert(
+		        pv_state_run_begin(st, "nightly", "backup", filler, "schedule", 0, i + 1, &id, &err));
+	pv_state_close(st); /* checkpoints everything into the main file */
+
+	/* Keep page 1 (header and schema), scribble over the table pages. */
+	fd = open(path, O_WRONLY);
+	ck_assert_int_ge(fd, 0);
+	memset(filler, 0xa5, sizeof(filler));
+	for (off_t off = 4096; off < 4096 * 6; off += (off_t)sizeof(filler))
+		ck_assert_int_eq(pwrite(fd, filler, sizeof(filler), off), (ssize_t)sizeof(filler));
+	close(fd);
+
+	st = NULL;
+	ck_assert(!pv_state_open(path, &st, &err));
+	ck_assert_ptr_null(st);
+	ck_assert_int_eq(err.code, PV_ERR_STATE);
+	ck_assert_ptr_nonnull(strstr(err.msg, path));
+	ck_assert_msg(strstr(err.msg, "corrupt") != NULL || strstr(err.msg, "malformed") != NULL,
+	              "message: %s", err.msg);
+}
+END_TEST
+
+START_TEST(test_state__unusable_path_refused)
+{
+	TEST_PATHS();
+	char missing[PATH_MAX + 32];
+	struct pv_state *st = NULL;
+	struct pv_error err = {0};
+
+	snprintf(missing, sizeof(missing), "%s/no/such/dir/state.db", dir);
+	ck_assert(!pv_state_open(missing, &st, &err));
+	ck_assert_ptr_null(st);
+	ck_assert_int_eq(err.code, PV_ERR_STATE);
+	ck_assert_msg(strstr(err.msg, missing) != NULL, "message: %s", err.msg);
+	ck_assert_ptr_nonnull(strstr(err.msg, "No such file or directory"));
+
+	/* A directory where the file should be. */
+	ck_assert(!pv_state_open(dir, &st, &err));
+	ck_assert_ptr_null(st);
+	ck_assert_int_eq(err.code, PV_ERR_STATE);
+}
+END_TEST
+
+/* Another process holding the write lock past busy_timeout: the caller gets a clear error. */
+START_TEST(test_state__locked_database_reports_action)
+{
+	TEST_PATHS();
+	struct pv_state *st = open_ok(path);
+	struct pv_error err = {0};
+	sqlite3 *db = raw_open(path);
+	int64_t id;
+
+	raw_exec(db, "BEGIN IMMEDIATE; INSERT INTO kv VALUES ('holder', 'x')");
+	ck_assert(!pv_state_run_begin(st, "nightly", "backup", NULL, "manual", 0, 1, &id, &err));
+	ck_assert_int_eq(err.code, PV_ERR_STATE);
+	ck_assert_str_eq(err.msg, "recording run start: database is locked");
+	raw_exec(db, "ROLLBACK");
+	sqlite3_close(db);
+	ck_assert(pv_state_run_begin(st, "nightly", "backup", NULL, "manual", 0, 1, &id, &err));
+	pv_state_close(st);
+}
+END_TEST
+
+/* What the child reports through the pipe after each call returned: written whole (< PIPE_BUF). */
+struct durable_rec {
+	int64_t kind; /* 'B' run begun, 'E' run ended, 'K' kv counter set */
+	int64_t value;
+};
+
+static void
+send_rec(int fd, int64_t kind, int64_t value)
+{
+	struct durable_rec r = {kind, value};
+
+	if (write(fd, &r, sizeof(r)) != (ssize_t)sizeof(r))
+		_exit(10);
+}
+
+static void __attribute__((noreturn)) durable_child(const char *path, int fd)
+{
+	struct pv_state *st;
+	struct pv_error err;
+	char buf[32];
+
+	if (!pv_state_open(path, &st, &err)) {
+		fprintf(stderr, "child: %s\n", err.msg);
+		_exit(3);
+	}
+	for (int64_t i = 1; i < 10000000; i++) {
+		int64_t id;
+
+		if (!pv_state_run_begin(st, "nightly", "backup", NULL, "schedule", 0, (time_t)i, &id, &err))
+			_exit(4);
+		send_rec(fd, 'B', id);
+		if (!pv_state_run_end(st, id, (time_t)i + 1, 1.0, "ok", NULL, "{\"n\": 1}", &err))
+			_exit(5);
+		send_rec(fd, 'E', id);
+		snprintf(buf, sizeof(buf), "%lld", (long long)i);
+		if (!pv_state_kv_set(st, "counter", buf, &err))
+			_exit(6);
+		send_rec(fd, 'K', i);
+	}
+	_exit(0);
+}
+
+static void
+read_recs(int fd, struct durable_rec **recs, size_t *n, size_t *cap, int timeout_ms)
+{
+	struct pollfd pfd = {.fd = fd, .events = POLLIN};
+	struct durable_rec r;
+	ssize_t got;
+
+	while (poll(&pfd, 1, timeout_ms) > 0) {
+		got = read(fd, &r, sizeof(r));
+		if (got == 0)
+			return;
+		ck_assert_int_eq(got, (ssize_t)sizeof(r));
+		if (*n == *cap) {
+			*cap = *cap ? *cap * 2 : 1024;
+			*recs = pv_realloc(*recs, *cap * sizeof(**recs));
+		}
+		(*recs)[(*n)++] = r;
+	}
+}
+
+START_TEST(test_state__durable_under_kill9)
+{
+	TEST_PATHS();
+	static const int delays_ms[] = {2, 15, 40, 80, 150, 300};
+	size_t total = 0;
+
+	srand((unsigned)time(NULL) ^ (unsigned)getpid());
+	for (size_t it = 0; it < sizeof(delays_ms) / sizeof(delays_ms[0]); it++) {
+		struct durable_rec *recs = NULL;
+		size_t n = 0, cap = 0;
+		struct timespec until, now;
+		struct pv_state *st;
+		int fds[2], status;
+		int64_t last_counter = 0;
+		long delay_us = delays_ms[it] * 1000L + rand() % 5000;
+		sqlite3 *db;
+		char *check;
+		pid_t pid;
+
+		ck_assert_int_eq(pipe(fds), 0);
+		pid = fork();
+		ck_assert_int_ge(pid, 0);
+		if (pid == 0) {
+			close(fds[0]);
+			durable_child(path, fds[1]);
+		}
+		close(fds[1]);
+
+		/* Keep draining so the child never blocks on a full pipe: the kill lands mid-work. */
+		clock_gettime(CLOCK_MONOTONIC, &until);
+		until.tv_nsec += (delay_us % 1000000) * 1000;
+		until.tv_sec += delay_us / 1000000 + until.tv_nsec / 1000000000;
+		until.tv_nsec %= 1000000000;
+		for (;;) {
+			clock_gettime(CLOCK_MONOTONIC, &now);
+			if (now.tv_sec > until.tv_sec ||
+			    (now.tv_sec == until.tv_sec && now.tv_nsec >= until.tv_nsec))
+				break;
+			read_recs(fds[0], &recs, &n, &cap, 0);
+		}
+		ck_assert_int_eq(kill(pid, SIGKILL), 0);
+		ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+		ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
+		              "child ended early, status %d", status);
+		read_recs(fds[0], &recs, &n, &cap, -1);
+		close(fds[0]);
+		total += n;
+
+		/* Look at the file before the module touches it again. */
+		db = raw_open(path);
+		check = raw_text(db, "PRAGMA integrity_check");
+		ck_assert_str_eq(check, "ok");
+		free(check);
+		sqlite3_close(db);
+
+		st = open_ok(path);
+		db = raw_open(path);
+		ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM runs WHERE result IS NULL"), 0);
+		for (size_t i = 0; i < n; i++) {
+			char sql[160];
+			char *result;
+
+			if (recs[i].kind == 'K') {
+				last_counter = recs[i].value;
+				continue;
+			}
+			snprintf(sql, sizeof(sql), "SELECT result FROM runs WHERE id = %lld",
+			         (long long)recs[i].value);
+			result = raw_text(db, sql);
+			ck_assert_msg(result != NULL, "run %lld reported committed but missing",
+			              (long long)recs[i].value);
+			if (recs[i].kind == 'E') {
+				ck_assert_str_eq(result, "ok");
+				snprintf(sql, sizeof(sql),
+				         "SELECT finished - started FROM runs WHERE id = %lld",
+				         (long long)recs[i].value);
+				ck_assert_int_eq(raw_int(db, sql), 1);
+			} else {
+				/* Its end may have committed unreported; otherwise the reopen marked it. */
+				ck_assert(strcmp(result, "ok") == 0 || strcmp(result, "interrupted") == 0);
+			}
+			free(result);
+		}
+		if (last_counter > 0) {
+			char *v = NULL;
+			ck_assert(pv_state_kv_get(st, "counter", &v, NULL));
+			ck_assert_int_ge(atoll(v), last_counter);
+			free(v);
+		}
+		sqlite3_close(db);
+		pv_state_close(st);
+		free(recs);
+	}
+	/* A test that never saw a committed write would prove nothing. */
+	ck_assert_uint_gt(total, 0);
+}
+END_TEST
+
+int
+main(void)
+{
+	Suite *s = suite_create("state");
+	TCase *tc = tcase_create("core");
+	TCase *slow = tcase_create("slow");
+	SRunner *sr;
+	int failed;
+
+	tcase_add_unchecked_fixture(tc, base_setup, base_teardown);
+	tcase_add_test(tc, test_state__open_creates_private_wal_file);
+	tcase_add_test(tc, test_state__newer_schema_refused);
+	tcase_add_test(tc, test_state__runs_round_trip);
+	tcase_add_test(tc, test_state__error_names_action);
+	tcase_add_test(tc, test_state__unfinished_runs_marked_interrupted);
+	tcase_add_test(tc, test_state__sched_get_set);
+	tcase_add_test(tc, test_state__kv_get_set);
+	tcase_add_test(tc, test_state__garbage_file_refused_untouched);
+	tcase_add_test(tc, test_state__foreign_sqlite_database_refused);
+	tcase_add_test(tc, test_state__corrupt_database_refused);
+	tcase_add_test(tc, test_state__unusable_path_refused);
+	suite_add_tcase(s, tc);
+
+	/* busy_timeout is 5 s, and the kill -9 loop runs several children. */
+	tcase_add_unchecked_fixture(slow, base_setup, base_teardown);
+	tcase_set_timeout(slow, 60);
+	tcase_add_test(slow, test_state__locked_database_reports_action);
+	tcase_add_test(slow, test_state__durable_under_kill9);
+	suite_add_tcase(s, slow);
+
+	sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
