@@ -26,12 +26,16 @@
 
 /* How long SIGTERM waits for running jobs to stop before exiting anyway. */
 #define STOP_BOUND_SEC 20
+/* Jobs enforce their own timeout; the runner cancels one that is still running this much later. */
+#define DEADLINE_SLACK_SEC 10
 
 struct active_run {
 	struct pv_job_run run;
 	const struct pv_job_ops *ops;
 	struct pv_daemon *d;
-	struct event *finish_ev; /* completion is handled outside the job's own callbacks */
+	struct event *finish_ev;   /* completion is handled outside the job's own callbacks */
+	struct event *deadline_ev; /* safety net when a job does not honour its own deadline */
+	bool timed_out;
 	struct active_run *next;
 };
 
@@ -135,7 +139,14 @@ finish_cb(evutil_socket_t fd, short what, void *arg)
 	struct pv_job_run *run = &ar->run;
 	struct pv_error err;
 	double duration = pv_now_mono() - run->started_mono;
-	char *figures = run->figures != NULL ? json_dumps(run->figures, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+	char *figures;
+
+	if (ar->timed_out && run->result == PV_RUN_CANCELLED) {
+		run->result = PV_RUN_TIMEOUT;
+		snprintf(run->cause, sizeof(run->cause), "timeout after %llds: the run was cancelled",
+		         (long long)pv_config_job_timeout(run->job));
+	}
+	figures = run->figures != NULL ? json_dumps(run->figures, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
 
 	if (!pv_state_run_end(d->state, run->id, time(NULL), duration, pv_run_result_name(run->result),
 	                      run->cause[0] ? run->cause : NULL, figures, &err))
@@ -159,6 +170,7 @@ finish_cb(evutil_socket_t fd, short what, void *arg)
 	free(figures);
 	json_decref(run->figures);
 	event_free(ar->finish_ev);
+	event_free(ar->deadline_ev);
 	pv_config_unref(run->cfg);
 	free(ar);
 
@@ -169,6 +181,19 @@ finish_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	/* A heavy job may be waiting for this slot. */
 	schedule_tick(d, 0);
+}
+
+static void
+deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct active_run *ar = arg;
+
+	pv_log_error("job outlived its timeout, cancelling job=%s run=%lld timeout=%llds", ar->run.job->name,
+	             (long long)ar->run.id, (long long)pv_config_job_timeout(ar->run.job));
+	ar->timed_out = true;
+	ar->run.cancel_requested = true;
+	if (ar->ops->cancel != NULL)
+		ar->ops->cancel(&ar->run);
 }
 
 static void
@@ -199,6 +224,7 @@ start_run(struct pv_daemon *d, const struct pv_config_job *job, const char *trig
 	ar->d = d;
 	ar->ops = ops;
 	ar->finish_ev = event_new(d->base, -1, 0, finish_cb, ar);
+	ar->deadline_ev = evtimer_new(d->base, deadline_cb, ar);
 	run = &ar->run;
 	run->cfg = pv_config_ref(d->cfg);
 	run->job = job;
@@ -223,6 +249,7 @@ start_run(struct pv_daemon *d, const struct pv_config_job *job, const char *trig
 		pv_config_unref(run->cfg);
 		json_decref(run->figures);
 		event_free(ar->finish_ev);
+		event_free(ar->deadline_ev);
 		free(ar);
 		return false;
 	}
@@ -232,6 +259,10 @@ start_run(struct pv_daemon *d, const struct pv_config_job *job, const char *trig
 	            pv_job_type_name(job->type), trigger);
 	if (id_out != NULL)
 		*id_out = run->id;
+	{
+		struct timeval tv = {(time_t)pv_config_job_timeout(job) + DEADLINE_SLACK_SEC, 0};
+		event_add(ar->deadline_ev, &tv);
+	}
 	if (!ops->start(run)) {
 		/* The run is recorded as failed through the normal completion path. */
 		if (run->cause[0] == '\0')
@@ -573,6 +604,7 @@ pv_daemon_free(struct pv_daemon *d)
 		                 "cancelled", "daemon stopped", NULL, NULL);
 		json_decref(ar->run.figures);
 		event_free(ar->finish_ev);
+		event_free(ar->deadline_ev);
 		pv_config_unref(ar->run.cfg);
 		free(ar);
 	}

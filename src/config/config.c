@@ -20,30 +20,31 @@
 
 static const char *const job_type_names[] = {"backup",  "health",        "integrity", "verify",
                                              "storage", "restore_probe", "drill",     NULL};
-static const char *const job_kind_names[] = {"a backup job",  "a health job",        "an integrity job",
-                                             "a verify job",  "a storage job",       "a restore_probe job",
+static const char *const job_kind_names[] = {"a backup job", "a health job",  "an integrity job",
+                                             "a verify job", "a storage job", "a restore_probe job",
                                              "a drill job"};
 static const char *const notifier_type_names[] = {"slack", "webhook", "email", "heartbeat", NULL};
-static const char *const notifier_kind_names[] = {"a slack notifier", "a webhook notifier", "an email notifier",
-                                                  "a heartbeat notifier"};
+static const char *const notifier_kind_names[] = {"a slack notifier", "a webhook notifier",
+                                                  "an email notifier", "a heartbeat notifier"};
 static const char *const severity_names[] = {"info", "warning", "critical"};
 static const char *const compression_names[] = {"zstd", "none"};
 static const char *const starttls_names[] = {"required", "implicit", "none"};
 
 static const struct keydef top_keys[] = {
-        {"daemon", 0},    {"storage", 0}, {"databases", 0}, {"restore_targets", 0},
-        {"jobs", 0},      {"alerts", 0},  {"notifiers", 0},
+        {"daemon", 0}, {"storage", 0}, {"databases", 0}, {"restore_targets", 0},
+        {"jobs", 0},   {"alerts", 0},  {"notifiers", 0},
 };
 static const struct keydef daemon_keys[] = {
-        {"state_dir", 0}, {"socket", 0},         {"admins", 0},     {"timezone", 0},
+        {"state_dir", 0},         {"socket", 0},    {"admins", 0},         {"timezone", 0},
         {"max_parallel_jobs", 0}, {"log_level", 0}, {"metrics_listen", 0}, {"pg_bin_dir", 0},
 };
 static const struct keydef storage_keys[] = {
-        {"path", 0}, {"compression", 0}, {"compression_level", 0}, {"encryption_key_file", 0}, {"old_key_files", 0},
+        {"path", 0},          {"compression", 0}, {"compression_level", 0}, {"encryption_key_file", 0},
+        {"old_key_files", 0},
 };
 static const struct keydef database_keys[] = {
-        {"conninfo", 0},       {"password", 0},       {"password_file", 0}, {"critical_tables", 0},
-        {"expected_tables", 0}, {"objectives", 0},    {"restore_target", 0}, {"assertions", 0},
+        {"conninfo", 0},        {"password", 0},   {"password_file", 0},  {"critical_tables", 0},
+        {"expected_tables", 0}, {"objectives", 0}, {"restore_target", 0}, {"assertions", 0},
 };
 static const struct keydef objectives_keys[] = {{"rpo", 0}, {"rto", 0}};
 static const struct keydef target_keys[] = {{"conninfo", 0}, {"password", 0}, {"password_file", 0}};
@@ -129,7 +130,8 @@ check_name(struct loader *ld, const yaml_node_t *key, const char *path, const ch
 	if (valid_name(ld_scalar(key)))
 		return true;
 	ld_error(ld, PV_ERR_CONFIG_VALUE, key, path,
-	         "invalid %s name: use letters, digits, '-', '_' and '.', not starting with '.' or '-' (at most 100)",
+	         "invalid %s name: use letters, digits, '-', '_' and '.', not starting with '.' or '-' (at "
+	         "most 100)",
 	         what);
 	return false;
 }
@@ -154,6 +156,18 @@ named_section(struct loader *ld, const yaml_node_t *root, const char *key, yaml_
 	return ld_map_len(v);
 }
 
+/* The sequence item nodes of map[key], for positions of per-item errors. */
+static yaml_node_t *
+item_node(struct loader *ld, const yaml_node_t *map, const char *key, size_t i)
+{
+	yaml_node_t *seq = ld_get(ld, map, key, NULL);
+
+	if (seq == NULL || seq->type != YAML_SEQUENCE_NODE ||
+	    i >= (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start))
+		return NULL;
+	return ld_node(ld, seq->data.sequence.items.start[i]);
+}
+
 static void
 load_daemon(struct loader *ld, const yaml_node_t *root)
 {
@@ -174,9 +188,12 @@ load_daemon(struct loader *ld, const yaml_node_t *root)
 	if (ld_get(ld, node, "admins", NULL) != NULL) {
 		ld_strv(ld, node, "daemon", "admins", &d->admins);
 		for (size_t i = 0; i < d->admins.n; i++) {
-			if (strcmp(d->admins.v[i], "@") == 0)
-				ld_error(ld, PV_ERR_CONFIG_VALUE, ld_get(ld, node, "admins", NULL), "daemon.admins",
-				         "\"@\" needs a group name");
+			char p[PATH_MAX_LEN];
+			if (strcmp(d->admins.v[i], "@") != 0)
+				continue;
+			snprintf(p, sizeof(p), "daemon.admins[%zu]", i);
+			ld_error(ld, PV_ERR_CONFIG_VALUE, item_node(ld, node, "admins", i), p,
+			         "\"@\" needs a group name");
 		}
 	} else {
 		ld_strv_push(&d->admins, "root");
@@ -185,8 +202,8 @@ load_daemon(struct loader *ld, const yaml_node_t *root)
 		struct pv_tz *tz = NULL;
 		struct pv_error e;
 		if (!pv_tz_load(d->timezone, &tz, &e)) {
-			ld_error(ld, PV_ERR_CONFIG_VALUE, ld_get(ld, node, "timezone", &k) ? k : NULL, "daemon.timezone",
-			         "%s", e.msg);
+			ld_error(ld, PV_ERR_CONFIG_VALUE, ld_get(ld, node, "timezone", &k) ? k : NULL,
+			         "daemon.timezone", "%s", e.msg);
 			free(d->timezone);
 			d->timezone = pv_strdup("UTC");
 		}
@@ -197,15 +214,16 @@ load_daemon(struct loader *ld, const yaml_node_t *root)
 		char q[256];
 		ld_get(ld, node, "log_level", &k);
 		ld_error(ld, PV_ERR_CONFIG_VALUE, k, "daemon.log_level",
-		         "expected debug, info, notice, warning, error or crit, got %s", ld_quote(level, q, sizeof(q)));
+		         "expected debug, info, notice, warning, error or crit, got %s",
+		         ld_quote(level, q, sizeof(q)));
 	}
 	free(level);
 	if (ld_str(ld, node, "daemon", "metrics_listen", &d->metrics_listen)) {
 		const char *colon = strrchr(d->metrics_listen, ':');
 		char *end;
 		long port = colon != NULL ? strtol(colon + 1, &end, 10) : 0;
-		if (colon == NULL || colon == d->metrics_listen || colon[1] == '\0' || *end != '\0' || port < 1 ||
-		    port > 65535) {
+		if (colon == NULL || colon == d->metrics_listen || colon[1] == '\0' || *end != '\0' ||
+		    port < 1 || port > 65535) {
 			char q[256];
 			ld_get(ld, node, "metrics_listen", &k);
 			ld_error(ld, PV_ERR_CONFIG_VALUE, k, "daemon.metrics_listen",
@@ -214,18 +232,6 @@ load_daemon(struct loader *ld, const yaml_node_t *root)
 		}
 	}
 	ld_str(ld, node, "daemon", "pg_bin_dir", &d->pg_bin_dir);
-}
-
-/* The sequence item nodes of map[key], for positions of per-item errors. */
-static yaml_node_t *
-item_node(struct loader *ld, const yaml_node_t *map, const char *key, size_t i)
-{
-	yaml_node_t *seq = ld_get(ld, map, key, NULL);
-
-	if (seq == NULL || seq->type != YAML_SEQUENCE_NODE ||
-	    i >= (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start))
-		return NULL;
-	return ld_node(ld, seq->data.sequence.items.start[i]);
 }
 
 static void
@@ -258,12 +264,14 @@ load_storage(struct loader *ld, const yaml_node_t *root)
 		for (size_t i = 0; i < s->old_key_files.n; i++) {
 			char p[PATH_MAX_LEN];
 			snprintf(p, sizeof(p), "storage.old_key_files[%zu]", i);
-			ld_private_file(ld, item_node(ld, node, "old_key_files", i), p, s->old_key_files.v[i], &size);
+			ld_private_file(ld, item_node(ld, node, "old_key_files", i), p, s->old_key_files.v[i],
+			                &size);
 		}
 		if (s->encryption_key_file == NULL && s->old_key_files.n > 0) {
 			ld_get(ld, node, "old_key_files", &k);
 			ld_warning(ld, k, "storage.old_key_files",
-			           "old keys are given but no encryption_key_file: new backups will not be encrypted");
+			           "old keys are given but no encryption_key_file: new backups will not be "
+			           "encrypted");
 		}
 	}
 }
@@ -293,7 +301,8 @@ load_conninfo(struct loader *ld, const yaml_node_t *owner, const yaml_node_t *no
 	if (ld_str(ld, node, path, "conninfo", conninfo) && conninfo_has_password(*conninfo)) {
 		ld_get(ld, node, "conninfo", &k);
 		ld->inline_secrets++;
-		ld_warning(ld, k, sub, "conninfo contains a password; HINT: use password_file or password: env:NAME");
+		ld_warning(ld, k, sub,
+		           "conninfo contains a password; HINT: use password_file or password: env:NAME");
 	}
 }
 
@@ -409,7 +418,8 @@ load_databases(struct loader *ld, const yaml_node_t *root, yaml_node_t ***keys_o
 		ld_strv(ld, val, path, "assertions", &db->assertions);
 		obj = ld_get(ld, val, "objectives", &k);
 		ld_path(sub, path, "objectives");
-		if (obj != NULL && ld_check_map(ld, obj, k, sub, objectives_keys, N(objectives_keys), 0, NULL, NULL)) {
+		if (obj != NULL &&
+		    ld_check_map(ld, obj, k, sub, objectives_keys, N(objectives_keys), 0, NULL, NULL)) {
 			ld_duration(ld, obj, sub, "rpo", 1, &db->rpo);
 			ld_duration(ld, obj, sub, "rto", 1, &db->rto);
 		}
@@ -467,7 +477,8 @@ load_job_schedule(struct loader *ld, const yaml_node_t *owner, const yaml_node_t
 		ld_path(sub, path, "every");
 		ld_error(ld, PV_ERR_CONFIG_VALUE, ek, sub, "give either schedule or every, not both");
 	} else if (sv == NULL && ev == NULL) {
-		ld_error(ld, PV_ERR_CONFIG_MISSING, owner, path, "missing required key \"schedule\" or \"every\"");
+		ld_error(ld, PV_ERR_CONFIG_MISSING, owner, path,
+		         "missing required key \"schedule\" or \"every\"");
 	} else if (sv != NULL) {
 		if (ld_str(ld, val, path, "schedule", &text) && !pv_cron_parse(text, &job->cron, &e)) {
 			ld_path(sub, path, "schedule");
@@ -510,9 +521,11 @@ load_job_schedule(struct loader *ld, const yaml_node_t *owner, const yaml_node_t
 			           pv_duration_format(job->jitter, a, sizeof(a)),
 			           pv_duration_format(job->every, b, sizeof(b)));
 		else if (job->every == 0 && job->jitter >= job->grace)
-			ld_warning(ld, k, sub, "jitter (%s) is not shorter than grace (%s): runs may be reported as missed",
-			           pv_duration_format(job->jitter, a, sizeof(a)),
-			           pv_duration_format(job->grace, b, sizeof(b)));
+			ld_warning(
+			        ld, k, sub,
+			        "jitter (%s) is not shorter than grace (%s): runs may be reported as missed",
+			        pv_duration_format(job->jitter, a, sizeof(a)),
+			        pv_duration_format(job->grace, b, sizeof(b)));
 	}
 }
 
@@ -555,13 +568,15 @@ load_job(struct loader *ld, yaml_node_t *key, yaml_node_t *val, struct pv_config
 		} else if ((type == PV_JOB_RESTORE_PROBE || type == PV_JOB_DRILL) &&
 		           job->database->restore_target_name == NULL) {
 			ld_error(ld, PV_ERR_CONFIG_REFERENCE, dk, sub,
-			         "database \"%s\" has no restore_target, which %s needs; HINT: add restore_target to "
+			         "database \"%s\" has no restore_target, which %s needs; HINT: add "
+			         "restore_target to "
 			         "databases.%s",
 			         job->database->name, kind, job->database->name);
 		}
 	} else if (ld_get(ld, val, "database", NULL) == NULL && type >= 0 && type != PV_JOB_VERIFY &&
 	           type != PV_JOB_STORAGE) {
-		ld_error(ld, PV_ERR_CONFIG_MISSING, key, path, "missing required key \"database\" (%s needs one)", kind);
+		ld_error(ld, PV_ERR_CONFIG_MISSING, key, path,
+		         "missing required key \"database\" (%s needs one)", kind);
 	}
 
 	load_job_schedule(ld, key, val, path, job);
@@ -571,7 +586,8 @@ load_job(struct loader *ld, yaml_node_t *key, yaml_node_t *val, struct pv_config
 	if (type != PV_JOB_BACKUP)
 		return;
 	if (ld_get(ld, val, "keep", NULL) == NULL)
-		ld_error(ld, PV_ERR_CONFIG_MISSING, key, path, "missing required key \"keep\" (how many backups to retain)");
+		ld_error(ld, PV_ERR_CONFIG_MISSING, key, path,
+		         "missing required key \"keep\" (how many backups to retain)");
 	else
 		ld_int(ld, val, path, "keep", 1, INT_MAX, &job->keep);
 	if (ld_str(ld, val, path, "tier", &job->tier) && !valid_tier(job->tier)) {
@@ -696,8 +712,8 @@ is_http_url(const char *s)
 
 /* A URL secret: required, and shaped like http(s) without ever echoing it. */
 static void
-url_secret(struct loader *ld, const yaml_node_t *owner, const yaml_node_t *val, const char *path, const char *key,
-           struct pv_secret *out, bool required)
+url_secret(struct loader *ld, const yaml_node_t *owner, const yaml_node_t *val, const char *path,
+           const char *key, struct pv_secret *out, bool required)
 {
 	char fkey[64], sub[PATH_MAX_LEN];
 	yaml_node_t *k = NULL;
@@ -705,8 +721,8 @@ url_secret(struct loader *ld, const yaml_node_t *owner, const yaml_node_t *val, 
 	snprintf(fkey, sizeof(fkey), "%s_file", key);
 	if (ld_get(ld, val, key, NULL) == NULL && ld_get(ld, val, fkey, NULL) == NULL) {
 		if (required)
-			ld_error(ld, PV_ERR_CONFIG_MISSING, owner, path, "missing required key \"%s\" (or \"%s\")", key,
-			         fkey);
+			ld_error(ld, PV_ERR_CONFIG_MISSING, owner, path,
+			         "missing required key \"%s\" (or \"%s\")", key, fkey);
 		return;
 	}
 	if (!ld_secret(ld, val, path, key, out))
@@ -715,8 +731,8 @@ url_secret(struct loader *ld, const yaml_node_t *owner, const yaml_node_t *val, 
 		if (ld_get(ld, val, key, &k) == NULL)
 			ld_get(ld, val, fkey, &k);
 		ld_path(sub, path, ld_get(ld, val, key, NULL) != NULL ? key : fkey);
-		ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub, "expected an http:// or https:// URL (value not shown: %s)",
-		         out->source);
+		ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub,
+		         "expected an http:// or https:// URL (value not shown: %s)", out->source);
 	}
 }
 
@@ -736,7 +752,8 @@ load_notifier(struct loader *ld, yaml_node_t *key, yaml_node_t *val, struct pv_c
 	check_name(ld, key, path, "notifier");
 	nt->name = pv_strdup(ld_scalar(key));
 	nt->max_age = 24 * 3600;
-	nt->severities = PV_SEV_MASK(PV_SEV_INFO) | PV_SEV_MASK(PV_SEV_WARNING) | PV_SEV_MASK(PV_SEV_CRITICAL);
+	nt->severities =
+	        PV_SEV_MASK(PV_SEV_INFO) | PV_SEV_MASK(PV_SEV_WARNING) | PV_SEV_MASK(PV_SEV_CRITICAL);
 	if (ld_get(ld, val, "type", NULL) == NULL) {
 		if (val->type == YAML_MAPPING_NODE || ld_is_null(val))
 			ld_error(ld, PV_ERR_CONFIG_MISSING, key, path, "missing required key \"type\"");
@@ -745,7 +762,8 @@ load_notifier(struct loader *ld, yaml_node_t *key, yaml_node_t *val, struct pv_c
 		kind_bit = 1u << type;
 		kind = notifier_kind_names[type];
 	}
-	if (!ld_check_map(ld, val, key, path, notifier_keys, N(notifier_keys), kind_bit, kind, notifier_type_names))
+	if (!ld_check_map(ld, val, key, path, notifier_keys, N(notifier_keys), kind_bit, kind,
+	                  notifier_type_names))
 		return;
 	if (type == PV_NOTIFIER_HEARTBEAT)
 		nt->severities = 0;
@@ -759,7 +777,8 @@ load_notifier(struct loader *ld, yaml_node_t *key, yaml_node_t *val, struct pv_c
 			if (s == N(severity_names)) {
 				snprintf(sub, sizeof(sub), "%s.severities[%zu]", path, i);
 				ld_error(ld, PV_ERR_CONFIG_VALUE, item_node(ld, val, "severities", i), sub,
-				         "expected critical, warning or info, got %s", ld_quote(sevs.v[i], q, sizeof(q)));
+				         "expected critical, warning or info, got %s",
+				         ld_quote(sevs.v[i], q, sizeof(q)));
 			} else {
 				nt->severities |= PV_SEV_MASK(s);
 			}
@@ -803,7 +822,8 @@ load_notifier(struct loader *ld, yaml_node_t *key, yaml_node_t *val, struct pv_c
 			if (!smtps && strncmp(nt->smtp_url, "smtp://", 7) != 0) {
 				ld_get(ld, val, "smtp_url", &k);
 				ld_path(sub, path, "smtp_url");
-				ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub, "expected an smtp:// or smtps:// URL, got %s",
+				ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub,
+				         "expected an smtp:// or smtps:// URL, got %s",
 				         ld_quote(nt->smtp_url, q, sizeof(q)));
 			}
 		}
@@ -812,12 +832,15 @@ load_notifier(struct loader *ld, yaml_node_t *key, yaml_node_t *val, struct pv_c
 			nt->starttls = (enum pv_starttls)v;
 			ld_get(ld, val, "starttls", &k);
 			ld_path(sub, path, "starttls");
-			/* The URL scheme decides how curl speaks TLS; a contradicting setting is a mistake. */
+			/* The URL scheme decides how curl speaks TLS; a contradicting setting is a mistake.
+			 */
 			if (smtps && nt->starttls != PV_STARTTLS_IMPLICIT)
 				ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub,
-				         "smtps:// means implicit TLS; use starttls: implicit or an smtp:// URL");
+				         "smtps:// means implicit TLS; use starttls: implicit or an smtp:// "
+				         "URL");
 			else if (!smtps && nt->smtp_url != NULL && nt->starttls == PV_STARTTLS_IMPLICIT)
-				ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub, "implicit TLS needs an smtps:// URL");
+				ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub,
+				         "implicit TLS needs an smtps:// URL");
 		}
 		ld_str(ld, val, path, "username", &nt->username);
 		if (ld_secret(ld, val, path, "password", &nt->password) && nt->starttls == PV_STARTTLS_NONE) {
@@ -841,7 +864,8 @@ load_notifier(struct loader *ld, yaml_node_t *key, yaml_node_t *val, struct pv_c
 					continue;
 				snprintf(sub, sizeof(sub), "%s.to[%zu]", path, i);
 				ld_error(ld, PV_ERR_CONFIG_VALUE, item_node(ld, val, "to", i), sub,
-				         "expected an email address, got %s", ld_quote(nt->to.v[i], q, sizeof(q)));
+				         "expected an email address, got %s",
+				         ld_quote(nt->to.v[i], q, sizeof(q)));
 			}
 			if (nt->to.n == 0) {
 				ld_get(ld, val, "to", &k);
@@ -930,7 +954,8 @@ cross_checks(struct loader *ld, yaml_node_t **db_keys, yaml_node_t **job_keys_no
 			if (cfg->jobs[j].database != db)
 				continue;
 			backup = backup || cfg->jobs[j].type == PV_JOB_BACKUP;
-			probe = probe || cfg->jobs[j].type == PV_JOB_RESTORE_PROBE || cfg->jobs[j].type == PV_JOB_DRILL;
+			probe = probe || cfg->jobs[j].type == PV_JOB_RESTORE_PROBE ||
+			        cfg->jobs[j].type == PV_JOB_DRILL;
 		}
 		ld_path(path, "databases", db->name);
 		if (!backup) {
@@ -940,10 +965,13 @@ cross_checks(struct loader *ld, yaml_node_t **db_keys, yaml_node_t **job_keys_no
 			char a[32], b[32];
 			if (gap != INT64_MAX && gap > db->rpo)
 				ld_warning(ld, db_keys[i], path,
-				           "objectives.rpo (%s) is shorter than the longest gap between its scheduled "
-				           "backups (%s): rpo_breach will fire; HINT: add a more frequent backup job or "
+				           "objectives.rpo (%s) is shorter than the longest gap between its "
+				           "scheduled "
+				           "backups (%s): rpo_breach will fire; HINT: add a more frequent "
+				           "backup job or "
 				           "relax the objective",
-				           pv_duration_format(db->rpo, a, sizeof(a)), pv_duration_format(gap, b, sizeof(b)));
+				           pv_duration_format(db->rpo, a, sizeof(a)),
+				           pv_duration_format(gap, b, sizeof(b)));
 		}
 		if (db->rto > 0 && !probe)
 			ld_warning(ld, db_keys[i], path,
@@ -1025,7 +1053,8 @@ syntax_error(struct loader *ld, const yaml_parser_t *parser)
 	at.start_mark = parser->problem_mark;
 	if (parser->error == YAML_READER_ERROR) {
 		/* Reader errors carry a byte offset, not a mark. */
-		ld_error(ld, PV_ERR_CONFIG_SYNTAX, NULL, NULL, "syntax error at byte %zu: %s", parser->problem_offset,
+		ld_error(ld, PV_ERR_CONFIG_SYNTAX, NULL, NULL, "syntax error at byte %zu: %s",
+		         parser->problem_offset,
 		         parser->problem != NULL ? parser->problem : "unreadable input");
 		return;
 	}
@@ -1083,7 +1112,8 @@ load(const char *name, const char *data, size_t len, struct pv_config_diag *diag
 	cfg->path = pv_strdup(name);
 	ld.cfg = cfg;
 	if (root->type != YAML_MAPPING_NODE) {
-		ld_error(&ld, PV_ERR_CONFIG_TYPE, root, NULL, "expected a mapping of sections at the top level, got %s",
+		ld_error(&ld, PV_ERR_CONFIG_TYPE, root, NULL,
+		         "expected a mapping of sections at the top level, got %s",
 		         root->type == YAML_SEQUENCE_NODE ? "a list" : "a scalar");
 	} else {
 		ld_check_map(&ld, root, NULL, "", top_keys, N(top_keys), 0, NULL, NULL);

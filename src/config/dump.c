@@ -71,7 +71,8 @@ pv_duration_format(int64_t secs, char *buf, size_t size)
 	}
 	for (size_t u = 0; u < sizeof(units) / sizeof(units[0]) && o < size; u++) {
 		if (secs >= units[u].secs) {
-			o += (size_t)snprintf(buf + o, size - o, "%" PRId64 "%c", secs / units[u].secs, units[u].unit);
+			o += (size_t)snprintf(buf + o, size - o, "%" PRId64 "%c", secs / units[u].secs,
+			                      units[u].unit);
 			secs %= units[u].secs;
 		}
 	}
@@ -309,7 +310,9 @@ dump_rule(FILE *out, const struct pv_config_rule *r)
 	        r->enabled ? "true" : "false");
 	switch (r->id) {
 	case PV_RULE_BACKUP_STALE:
-	case PV_RULE_CONNECTIVITY_LOST: fprintf(out, ", after: %s", pv_duration_format(r->after, buf, sizeof(buf))); break;
+	case PV_RULE_CONNECTIVITY_LOST:
+		fprintf(out, ", after: %s", pv_duration_format(r->after, buf, sizeof(buf)));
+		break;
 	case PV_RULE_RESTORE_FAILURES: fprintf(out, ", consecutive: %d", r->consecutive); break;
 	case PV_RULE_BACKUP_SIZE_ANOMALY: fprintf(out, ", change: \"%g%%\"", r->change * 100.0); break;
 	case PV_RULE_BACKUP_SLOW: fprintf(out, ", factor: %g", r->factor); break;

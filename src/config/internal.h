@@ -37,8 +37,8 @@ struct keydef {
 	unsigned types; /* job types (bit per enum pv_job_type) or notifier types it is valid for; 0 = all */
 };
 
-void ld_error(struct loader *ld, enum pv_errcode code, const yaml_node_t *at, const char *path, const char *fmt,
-              ...) __attribute__((format(printf, 5, 6)));
+void ld_error(struct loader *ld, enum pv_errcode code, const yaml_node_t *at, const char *path,
+              const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 void ld_warning(struct loader *ld, const yaml_node_t *at, const char *path, const char *fmt, ...)
         __attribute__((format(printf, 4, 5)));
 /* Sort the collected messages into file order and move them to diag; returns the first error's code. */
@@ -62,7 +62,8 @@ bool ld_check_map(struct loader *ld, const yaml_node_t *node, const yaml_node_t 
 yaml_node_t *ld_get(struct loader *ld, const yaml_node_t *map, const char *key, yaml_node_t **key_node);
 /* Iterate a mapping's entries, skipping duplicates and non-scalar keys (already reported). */
 size_t ld_map_len(const yaml_node_t *map);
-bool ld_map_entry(struct loader *ld, const yaml_node_t *map, size_t i, yaml_node_t **key, yaml_node_t **value);
+bool ld_map_entry(struct loader *ld, const yaml_node_t *map, size_t i, yaml_node_t **key,
+                  yaml_node_t **value);
 
 /* Typed getters: true when the key is present and valid (errors reported otherwise). */
 bool ld_str(struct loader *ld, const yaml_node_t *map, const char *path, const char *key, char **out);
@@ -77,12 +78,14 @@ bool ld_double(struct loader *ld, const yaml_node_t *map, const char *path, cons
                double max, double *out);
 bool ld_enum(struct loader *ld, const yaml_node_t *map, const char *path, const char *key,
              const char *const *names, size_t n, int *out);
-bool ld_strv(struct loader *ld, const yaml_node_t *map, const char *path, const char *key, struct pv_strv *out);
+bool ld_strv(struct loader *ld, const yaml_node_t *map, const char *path, const char *key,
+             struct pv_strv *out);
 /* A secret KEY given as `KEY: value`, `KEY: env:NAME` or `KEY_file: /path`. */
 bool ld_secret(struct loader *ld, const yaml_node_t *map, const char *path, const char *key,
                struct pv_secret *out);
 /* A file holding key material: must exist, be a regular readable file, not group/world-accessible. */
-bool ld_private_file(struct loader *ld, const yaml_node_t *at, const char *path, const char *file, size_t *size);
+bool ld_private_file(struct loader *ld, const yaml_node_t *at, const char *path, const char *file,
+                     size_t *size);
 
 void ld_strv_free(struct pv_strv *sv);
 void ld_strv_push(struct pv_strv *sv, const char *s);

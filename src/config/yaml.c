@@ -27,8 +27,8 @@ vformat(const struct loader *ld, const yaml_node_t *at, const char *path, const 
 		line = pv_asprintf("%s:%zu:%zu: %s: %s", ld->file, at->start_mark.line + 1,
 		                   at->start_mark.column + 1, path, msg);
 	else if (at != NULL)
-		line = pv_asprintf("%s:%zu:%zu: %s", ld->file, at->start_mark.line + 1, at->start_mark.column + 1,
-		                   msg);
+		line = pv_asprintf("%s:%zu:%zu: %s", ld->file, at->start_mark.line + 1,
+		                   at->start_mark.column + 1, msg);
 	else if (path != NULL && path[0] != '\0')
 		line = pv_asprintf("%s: %s: %s", ld->file, path, msg);
 	else
@@ -51,7 +51,8 @@ add_msg(struct ld_msgs *m, enum pv_errcode code, const yaml_node_t *at, char *te
 }
 
 void
-ld_error(struct loader *ld, enum pv_errcode code, const yaml_node_t *at, const char *path, const char *fmt, ...)
+ld_error(struct loader *ld, enum pv_errcode code, const yaml_node_t *at, const char *path, const char *fmt,
+         ...)
 {
 	va_list ap;
 
@@ -85,7 +86,8 @@ msg_cmp(const void *a, const void *b)
 static void
 move_sorted(struct ld_msgs *m, struct pv_strv *out)
 {
-	qsort(m->v, m->n, sizeof(*m->v), msg_cmp);
+	if (m->n > 1)
+		qsort(m->v, m->n, sizeof(*m->v), msg_cmp);
 	for (size_t i = 0; i < m->n; i++) {
 		if (out != NULL)
 			ld_strv_push(out, m->v[i].text);
@@ -101,8 +103,9 @@ ld_finish(struct loader *ld, struct pv_config_diag *diag, struct pv_error *err)
 {
 	enum pv_errcode code = PV_OK;
 
-	if (ld->errors.n > 0) {
+	if (ld->errors.n > 1)
 		qsort(ld->errors.v, ld->errors.n, sizeof(*ld->errors.v), msg_cmp);
+	if (ld->errors.n > 0) {
 		code = ld->errors.v[0].code;
 		if (err != NULL) {
 			err->code = code;
@@ -167,7 +170,8 @@ ld_is_null(const yaml_node_t *node)
 {
 	const char *s;
 
-	if (node == NULL || node->type != YAML_SCALAR_NODE || node->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+	if (node == NULL || node->type != YAML_SCALAR_NODE ||
+	    node->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
 		return false;
 	s = (const char *)node->data.scalar.value;
 	return s[0] == '\0' || strcmp(s, "~") == 0 || strcmp(s, "null") == 0 || strcmp(s, "Null") == 0 ||
@@ -228,8 +232,8 @@ key_valid_for(const struct keydef *k, unsigned kind_bit)
 }
 
 static void
-unknown_key(struct loader *ld, const yaml_node_t *key, const char *path, const struct keydef *keys, size_t n_keys,
-            unsigned kind_bit, const char *kind_name, const char *const *kind_names)
+unknown_key(struct loader *ld, const yaml_node_t *key, const char *path, const struct keydef *keys,
+            size_t n_keys, unsigned kind_bit, const char *kind_name, const char *const *kind_names)
 {
 	const char *name = ld_scalar(key);
 	char q[256];
@@ -249,13 +253,14 @@ unknown_key(struct loader *ld, const yaml_node_t *key, const char *path, const s
 			kinds[0] = '\0';
 			for (unsigned b = 0; b < 32 && kind_names != NULL && kind_names[b] != NULL; b++) {
 				if (keys[i].types & (1u << b))
-					ko += (size_t)snprintf(kinds + ko, sizeof(kinds) - ko, "%s%s", ko ? ", " : "",
-					                       kind_names[b]);
+					ko += (size_t)snprintf(kinds + ko, sizeof(kinds) - ko, "%s%s",
+					                       ko ? ", " : "", kind_names[b]);
 				if (ko >= sizeof(kinds))
 					break;
 			}
-			ld_error(ld, PV_ERR_CONFIG_UNKNOWN_KEY, key, path, "key %s is not valid for %s (only for: %s)",
-			         ld_quote(name, q, sizeof(q)), kind_name, kinds);
+			ld_error(ld, PV_ERR_CONFIG_UNKNOWN_KEY, key, path,
+			         "key %s is not valid for %s (only for: %s)", ld_quote(name, q, sizeof(q)),
+			         kind_name, kinds);
 			return;
 		}
 	}
@@ -270,7 +275,8 @@ unknown_key(struct loader *ld, const yaml_node_t *key, const char *path, const s
 			best = keys[i].name;
 		}
 		if (o < sizeof(allowed))
-			o += (size_t)snprintf(allowed + o, sizeof(allowed) - o, "%s%s", o ? ", " : "", keys[i].name);
+			o += (size_t)snprintf(allowed + o, sizeof(allowed) - o, "%s%s", o ? ", " : "",
+			                      keys[i].name);
 	}
 	if (best != NULL)
 		ld_error(ld, PV_ERR_CONFIG_UNKNOWN_KEY, key, path, "unknown key %s; did you mean \"%s\"?",
@@ -310,8 +316,8 @@ ld_check_map(struct loader *ld, const yaml_node_t *node, const yaml_node_t *owne
 	if (node == NULL || ld_is_null(node))
 		return true;
 	if (node->type != YAML_MAPPING_NODE) {
-		ld_error(ld, PV_ERR_CONFIG_TYPE, owner != NULL ? owner : node, path, "expected a mapping, got %s",
-		         describe(node));
+		ld_error(ld, PV_ERR_CONFIG_TYPE, owner != NULL ? owner : node, path,
+		         "expected a mapping, got %s", describe(node));
 		return false;
 	}
 	for (size_t i = 0; i < ld_map_len(node); i++) {
@@ -320,12 +326,14 @@ ld_check_map(struct loader *ld, const yaml_node_t *node, const yaml_node_t *owne
 		const char *name = ld_scalar(key);
 
 		if (name == NULL) {
-			ld_error(ld, PV_ERR_CONFIG_TYPE, key, path, "expected a key name, got %s", describe(key));
+			ld_error(ld, PV_ERR_CONFIG_TYPE, key, path, "expected a key name, got %s",
+			         describe(key));
 			continue;
 		}
 		ld_path(sub, path, name);
 		if (is_duplicate(ld, node, i, &first)) {
-			ld_error(ld, PV_ERR_CONFIG_DUPLICATE, key, sub, "duplicate key (first defined at line %zu, column %zu)",
+			ld_error(ld, PV_ERR_CONFIG_DUPLICATE, key, sub,
+			         "duplicate key (first defined at line %zu, column %zu)",
 			         first->start_mark.line + 1, first->start_mark.column + 1);
 			continue;
 		}
@@ -441,8 +449,9 @@ ld_int(struct loader *ld, const yaml_node_t *map, const char *path, const char *
 			ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub, "expected an integer >= %lld, got %s", min,
 			         ld_quote(s, q, sizeof(q)));
 		else
-			ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub, "expected an integer between %lld and %lld, got %s",
-			         min, max, ld_quote(s, q, sizeof(q)));
+			ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub,
+			         "expected an integer between %lld and %lld, got %s", min, max,
+			         ld_quote(s, q, sizeof(q)));
 		return false;
 	}
 	*out = (int)v;
@@ -463,7 +472,8 @@ ld_bool(struct loader *ld, const yaml_node_t *map, const char *path, const char 
 	else if (strcasecmp(s, "false") == 0)
 		*out = false;
 	else {
-		ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub, "expected true or false, got %s", ld_quote(s, q, sizeof(q)));
+		ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub, "expected true or false, got %s",
+		         ld_quote(s, q, sizeof(q)));
 		return false;
 	}
 	return true;
@@ -482,7 +492,8 @@ ld_duration(struct loader *ld, const yaml_node_t *map, const char *path, const c
 		return false;
 	if (!pv_duration_parse(s, &v)) {
 		ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub,
-		         "expected a duration such as 30s, 5m, 4h, 7d, 2w or 1h30m, got %s", ld_quote(s, q, sizeof(q)));
+		         "expected a duration such as 30s, 5m, 4h, 7d, 2w or 1h30m, got %s",
+		         ld_quote(s, q, sizeof(q)));
 		return false;
 	}
 	if (v < min) {
@@ -495,8 +506,8 @@ ld_duration(struct loader *ld, const yaml_node_t *map, const char *path, const c
 }
 
 bool
-ld_percent(struct loader *ld, const yaml_node_t *map, const char *path, const char *key, double min, double max,
-           double *out)
+ld_percent(struct loader *ld, const yaml_node_t *map, const char *path, const char *key, double min,
+           double max, double *out)
 {
 	char sub[PATH_MAX_LEN], q[256];
 	yaml_node_t *k;
@@ -514,8 +525,9 @@ ld_percent(struct loader *ld, const yaml_node_t *map, const char *path, const ch
 		return false;
 	}
 	if (v < min || v > max) {
-		ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub, "expected a percentage between %g%% and %g%%, got %s", min,
-		         max, ld_quote(s, q, sizeof(q)));
+		ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub,
+		         "expected a percentage between %g%% and %g%%, got %s", min, max,
+		         ld_quote(s, q, sizeof(q)));
 		return false;
 	}
 	*out = v / 100.0;
@@ -537,8 +549,9 @@ ld_double(struct loader *ld, const yaml_node_t *map, const char *path, const cha
 	errno = 0;
 	v = isdigit((unsigned char)s[0]) ? strtod(s, &end) : NAN;
 	if (isnan(v) || errno != 0 || *end != '\0' || v <= min_excl || v > max) {
-		ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub, "expected a number greater than %g and at most %g, got %s",
-		         min_excl, max, ld_quote(s, q, sizeof(q)));
+		ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub,
+		         "expected a number greater than %g and at most %g, got %s", min_excl, max,
+		         ld_quote(s, q, sizeof(q)));
 		return false;
 	}
 	*out = v;
@@ -546,8 +559,8 @@ ld_double(struct loader *ld, const yaml_node_t *map, const char *path, const cha
 }
 
 bool
-ld_enum(struct loader *ld, const yaml_node_t *map, const char *path, const char *key, const char *const *names,
-        size_t n, int *out)
+ld_enum(struct loader *ld, const yaml_node_t *map, const char *path, const char *key,
+        const char *const *names, size_t n, int *out)
 {
 	char sub[PATH_MAX_LEN], q[256], list[512];
 	yaml_node_t *k;
@@ -564,7 +577,10 @@ ld_enum(struct loader *ld, const yaml_node_t *map, const char *path, const char 
 	}
 	list[0] = '\0';
 	for (size_t i = 0; i < n && o < sizeof(list); i++)
-		o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%s", i == 0 ? "" : i + 1 == n ? " or " : ", ",
+		o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%s",
+		                      i == 0       ? ""
+		                      : i + 1 == n ? " or "
+		                                   : ", ",
 		                      names[i]);
 	ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub, "expected %s, got %s", list, ld_quote(s, q, sizeof(q)));
 	return false;
@@ -589,7 +605,8 @@ ld_strv(struct loader *ld, const yaml_node_t *map, const char *path, const char 
 		ld_error(ld, PV_ERR_CONFIG_TYPE, k, sub, "expected a list, got %s", describe(v));
 		return false;
 	}
-	for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++, i++) {
+	for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top;
+	     it++, i++) {
 		yaml_node_t *n = ld_node(ld, *it);
 		char idx[32];
 		snprintf(idx, sizeof(idx), "[%zu]", i);
@@ -620,7 +637,8 @@ read_private(struct loader *ld, const yaml_node_t *at, const char *path, const c
 	int fd = open(file, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 
 	if (fd < 0) {
-		ld_error(ld, PV_ERR_CONFIG_SECRET, at, path, "cannot open %s %s: %s", what, file, strerror(errno));
+		ld_error(ld, PV_ERR_CONFIG_SECRET, at, path, "cannot open %s %s: %s", what, file,
+		         strerror(errno));
 		return false;
 	}
 	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -729,14 +747,15 @@ ld_secret(struct loader *ld, const yaml_node_t *map, const char *path, const cha
 			const char *name = s + 4;
 			const char *val;
 			if (!valid_env_name(name)) {
-				ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub, "invalid environment variable name %s",
+				ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub,
+				         "invalid environment variable name %s",
 				         ld_quote(name, q, sizeof(q)));
 				return false;
 			}
 			val = getenv(name);
 			if (val == NULL || val[0] == '\0') {
-				ld_error(ld, PV_ERR_CONFIG_SECRET, k, sub, "environment variable %s is %s", name,
-				         val == NULL ? "not set" : "empty");
+				ld_error(ld, PV_ERR_CONFIG_SECRET, k, sub, "environment variable %s is %s",
+				         name, val == NULL ? "not set" : "empty");
 				return false;
 			}
 			out->value = pv_strdup(val);
@@ -757,7 +776,8 @@ ld_secret(struct loader *ld, const yaml_node_t *map, const char *path, const cha
 		size_t len;
 		const char *file;
 		if (f->type != YAML_SCALAR_NODE || ld_is_null(f) || f->data.scalar.length == 0) {
-			ld_error(ld, PV_ERR_CONFIG_TYPE, fk, fsub, "expected a file name, got %s", describe(f));
+			ld_error(ld, PV_ERR_CONFIG_TYPE, fk, fsub, "expected a file name, got %s",
+			         describe(f));
 			return false;
 		}
 		file = (const char *)f->data.scalar.value;

@@ -636,8 +636,20 @@ child_exec(int status_fd, int in_fd, int out_fd, int err_fd, const char *cwd, ch
 	/* Handlers set by libevent would write into the parent's signal socket: reset before unblocking. */
 	memset(&dfl, 0, sizeof(dfl));
 	dfl.sa_handler = SIG_DFL;
-	for (int sig = 1; sig < NSIG; sig++)
-		sigaction(sig, &dfl, NULL); /* fails harmlessly for SIGKILL, SIGSTOP, libc-internal ones */
+	for (int sig = 1; sig < NSIG; sig++) {
+		/* Fails harmlessly for SIGKILL and SIGSTOP. libc refuses its internal real-time signals
+		 * (32, 33), which a sanitizer runtime may have left ignored: reset those with the raw
+		 * system call, since an ignored disposition survives exec. */
+		if (sigaction(sig, &dfl, NULL) != 0 && sig != SIGKILL && sig != SIGSTOP) {
+			struct {
+				void (*handler)(int);
+				unsigned long flags;
+				void (*restorer)(void);
+				unsigned long mask;
+			} ksa = {SIG_DFL, 0, NULL, 0};
+			syscall(SYS_rt_sigaction, sig, &ksa, NULL, sizeof(ksa.mask));
+		}
+	}
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
 

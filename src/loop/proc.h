@@ -13,19 +13,19 @@ struct evbuffer;
 struct pv_proc;
 
 enum pv_proc_cause {
-	PV_PROC_EXITED,	      /* exited on its own; see exit_code */
-	PV_PROC_SIGNALED,     /* killed by a signal nobody here sent; see signo */
-	PV_PROC_TIMEOUT,      /* passed its deadline; group was terminated */
-	PV_PROC_INACTIVE,     /* produced no output for `inactivity` seconds; group was terminated */
-	PV_PROC_CANCELLED,    /* pv_proc_cancel() */
+	PV_PROC_EXITED,    /* exited on its own; see exit_code */
+	PV_PROC_SIGNALED,  /* killed by a signal nobody here sent; see signo */
+	PV_PROC_TIMEOUT,   /* passed its deadline; group was terminated */
+	PV_PROC_INACTIVE,  /* produced no output for `inactivity` seconds; group was terminated */
+	PV_PROC_CANCELLED, /* pv_proc_cancel() */
 };
 
 struct pv_proc_result {
 	enum pv_proc_cause cause;
-	int exit_code;	 /* valid for PV_PROC_EXITED */
-	int signo;	 /* signal that ended it, 0 if it exited */
-	double elapsed;	 /* seconds, monotonic */
-	char text[160];	 /* "exited with status 1", "killed by signal 9 (Killed)", "timeout after 30s", ... */
+	int exit_code;  /* valid for PV_PROC_EXITED */
+	int signo;      /* signal that ended it, 0 if it exited */
+	double elapsed; /* seconds, monotonic */
+	char text[160]; /* "exited with status 1", "killed by signal 9 (Killed)", "timeout after 30s", ... */
 };
 
 /* Called with newly read stdout bytes. The callee removes what it consumed from `data`;
@@ -39,19 +39,19 @@ typedef void (*pv_proc_line_cb)(struct pv_proc *proc, const char *line, void *ar
 typedef void (*pv_proc_done_cb)(struct pv_proc *proc, const struct pv_proc_result *result, void *arg);
 
 struct pv_proc_opts {
-	const char *const *argv; /* argv[0] is the program path or a name looked up in PATH of envp */
-	const char *const *envp; /* explicit environment (NULL = empty) */
-	const char *cwd;	 /* or NULL */
-	int stdin_fd;		 /* dup'ed into the child; -1 = /dev/null */
-	int stdout_fd;		 /* dup'ed into the child; -1 = a pipe read by on_stdout / on_stdout_line */
-	pv_proc_data_cb on_stdout;	/* raw stdout (wins over on_stdout_line) */
+	const char *const *argv;   /* argv[0] is the program path or a name looked up in PATH of envp */
+	const char *const *envp;   /* explicit environment (NULL = empty) */
+	const char *cwd;           /* or NULL */
+	int stdin_fd;              /* dup'ed into the child; -1 = /dev/null */
+	int stdout_fd;             /* dup'ed into the child; -1 = a pipe read by on_stdout / on_stdout_line */
+	pv_proc_data_cb on_stdout; /* raw stdout (wins over on_stdout_line) */
 	pv_proc_line_cb on_stdout_line; /* stdout by lines */
-	pv_proc_line_cb on_stderr;	/* stderr by lines; NULL = discard */
+	pv_proc_line_cb on_stderr;      /* stderr by lines; NULL = discard */
 	pv_proc_done_cb on_done;
 	void *arg;
-	double timeout;		  /* seconds from spawn; 0 = none */
-	double inactivity;	  /* seconds without output on any pipe; 0 = none */
-	double kill_grace;	  /* seconds between SIGTERM and SIGKILL; 0 = 5s */
+	double timeout;           /* seconds from spawn; 0 = none */
+	double inactivity;        /* seconds without output on any pipe; 0 = none */
+	double kill_grace;        /* seconds between SIGTERM and SIGKILL; 0 = 5s */
 	size_t stdout_high_water; /* 0 = 1 MiB */
 };
 

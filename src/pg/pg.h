@@ -21,8 +21,8 @@ struct pv_pg_conn;
 typedef void (*pv_pg_connect_cb)(struct pv_pg_conn *conn, bool ok, const struct pv_error *err, void *arg);
 
 struct pv_pg_conn *pv_pg_connect(struct event_base *base, struct evdns_base *dns, const char *conninfo,
-				 const char *password, double timeout, pv_pg_connect_cb cb, void *arg,
-				 struct pv_error *err);
+                                 const char *password, double timeout, pv_pg_connect_cb cb, void *arg,
+                                 struct pv_error *err);
 /* Close now; an operation in flight is abandoned by closing the connection (the server notices
  * through client_connection_check_interval) and its callback is never called. NULL is a no-op. */
 void pv_pg_close(struct pv_pg_conn *conn);
@@ -38,16 +38,17 @@ char *pv_pg_conninfo_redact(const char *conninfo);
  */
 struct pv_pg_health {
 	bool ok;
-	double connect_seconds; /* time to an established session */
-	double query_seconds;	/* SELECT 1 round trip */
-	int server_version_num; /* 150018 */
+	double connect_seconds;  /* time to an established session */
+	double query_seconds;    /* SELECT 1 round trip */
+	int server_version_num;  /* 150018 */
 	char server_version[64]; /* "15.18 (Debian 15.18-0+deb12u1)" */
-	struct pv_error error;	 /* when !ok: PV_ERR_PG_CONNECT, PV_ERR_PG_QUERY or PV_ERR_PG_TIMEOUT */
+	struct pv_error error;   /* when !ok: PV_ERR_PG_CONNECT, PV_ERR_PG_QUERY or PV_ERR_PG_TIMEOUT */
 };
 struct pv_pg_health_op;
 typedef void (*pv_pg_health_cb)(const struct pv_pg_health *result, void *arg);
-struct pv_pg_health_op *pv_pg_health_start(struct event_base *base, struct evdns_base *dns, const char *conninfo,
-					   const char *password, double timeout, pv_pg_health_cb cb, void *arg);
+struct pv_pg_health_op *pv_pg_health_start(struct event_base *base, struct evdns_base *dns,
+                                           const char *conninfo, const char *password, double timeout,
+                                           pv_pg_health_cb cb, void *arg);
 /* Abort; cb is not called. */
 void pv_pg_health_cancel(struct pv_pg_health_op *op);
 
