@@ -163,7 +163,12 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
         self.notify.close()
+        log = self.logtext() if os.path.exists(self.log_path) else ""
         shutil.rmtree(self.dir, ignore_errors=True)
+        # under --enable-sanitizers, any report from the daemon fails the test
+        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            if marker in log:
+                raise Failure("sanitizer report in the daemon log:\n" + log[log.index(marker) - 200:][:3000])
 
 
 def base_config(d, cluster, jobs, extra_db="", daemon_extra=""):
@@ -400,6 +405,16 @@ def silent_server_times_out_loop_stays_live(cluster):
         jobs = HEALTH_FAST + "  hang: { type: health, database: silent, every: 1h, timeout: 3s }\n"
         d.write_config(base_config(d, cluster, jobs, extra_db=extra))
         d.start()
+        wait_for(lambda: d.runs("hang"), 5, "the silent server's run to start")
+        # the job never overlaps itself: a manual run while it runs is refused
+        out = d.ctl("run", "hang", check_rc=1)
+        check("already running" in out.stderr, "overlapping manual run: " + out.stderr)
+        # reload mid-run with a config that drops the job: the running run is untouched
+        d.write_config(base_config(d, cluster, HEALTH_FAST, extra_db=extra))
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: d.ctl_json("status")["reload"]["count"] == 1, 5, "the reload")
+        check(d.ctl_json("status")["reload"]["ok"], "reload failed")
+        check("hang" not in {j["name"] for j in d.ctl_json("jobs")["jobs"]}, "removed job still listed")
         wait_for(lambda: d.runs("hang") and d.runs("hang")[0]["result"], 10, "the silent server's run to end")
         r = d.runs("hang")[0]
         check(r["result"] == "timeout", "result: %r" % r)
@@ -566,6 +581,64 @@ def background_start(cluster):
         check(out.returncode == 1, "background start with bad config: %d" % out.returncode)
     finally:
         d.cleanup()
+
+
+@test
+def state_problems_refuse_start(cluster):
+    d = Daemon()
+    try:
+        # state_dir is a file
+        open(d.state_dir, "w").close()
+        d.write_config(base_config(d, cluster, HEALTH_FAST))
+        out = subprocess.run([PGVIGILD, "--foreground", "-c", d.config], capture_output=True, text=True,
+                             timeout=10, env=dict(os.environ, DEMO_PASS=PASSWORD))
+        check(out.returncode == 1 and "not a directory" in out.stderr, "state_dir is a file: " + out.stderr)
+        # a state.db that is not a database is refused and left untouched
+        os.unlink(d.state_dir)
+        os.mkdir(d.state_dir, 0o700)
+        junk = b"this is not an sqlite database\n" * 10
+        with open(os.path.join(d.state_dir, "state.db"), "wb") as f:
+            f.write(junk)
+        out = subprocess.run([PGVIGILD, "--foreground", "-c", d.config], capture_output=True, text=True,
+                             timeout=10, env=dict(os.environ, DEMO_PASS=PASSWORD))
+        check(out.returncode == 1 and "state.db" in out.stderr, "junk state.db: " + out.stderr)
+        with open(os.path.join(d.state_dir, "state.db"), "rb") as f:
+            check(f.read() == junk, "junk state.db was modified")
+        # the secret it needs is missing from the environment
+        out = subprocess.run([PGVIGILD, "--foreground", "-c", d.config], capture_output=True, text=True,
+                             timeout=10, env={k: v for k, v in os.environ.items() if k != "DEMO_PASS"})
+        check(out.returncode == 1 and "DEMO_PASS" in out.stderr, "missing env secret: " + out.stderr)
+    finally:
+        d.cleanup()
+
+
+@test
+def install_layout(cluster):
+    dest = tempfile.mkdtemp(prefix="pgvigil-e2e-install-")
+    try:
+        out = subprocess.run(["make", "-s", "-C", ROOT, "install", "DESTDIR=" + dest], capture_output=True,
+                             text=True, timeout=300)
+        check(out.returncode == 0, "make install: " + out.stderr)
+        files = {os.path.relpath(os.path.join(p, f), dest) for p, _, fs in os.walk(dest) for f in fs}
+        for want in ("sbin/pgvigild", "bin/pgvigilctl", "etc/pgvigil/pgvigil.yaml", "lib/systemd/system/pgvigil.service",
+                     "lib/sysusers.d/pgvigil.conf", "lib/tmpfiles.d/pgvigil.conf", "share/man/man8/pgvigild.8",
+                     "share/man/man1/pgvigilctl.1"):
+            check(any(f.endswith(want) for f in files), "not installed: %s (have %s)" % (want, sorted(files)))
+        unit = [f for f in files if f.endswith("pgvigil.service")][0]
+        text = open(os.path.join(dest, unit)).read()
+        check("@sbindir@" not in text and "@sysconfdir@" not in text, "unit placeholders not filled")
+        for key in ("Type=notify", "WatchdogSec=", "User=pgvigil", "StateDirectory=pgvigil",
+                    "RuntimeDirectoryMode=0750", "ConfigurationDirectory=pgvigil", "ExecReload="):
+            check(key in text, "unit lacks " + key)
+        if shutil.which("systemd-analyze"):
+            local = os.path.join(dest, "check.service")
+            with open(local, "w") as f:
+                f.write("\n".join(l for l in text.splitlines() if not l.startswith("Documentation="))
+                        .replace(text.split("ExecStart=")[1].split()[0], PGVIGILD) + "\n")
+            out = subprocess.run(["systemd-analyze", "verify", local], capture_output=True, text=True)
+            check(out.returncode == 0, "systemd-analyze verify: " + out.stderr)
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
 
 
 @test
