@@ -2,7 +2,9 @@
 #include "daemon.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +42,7 @@ struct active_run {
 };
 
 struct pv_daemon {
+	int lock_fd; /* flock on STATE_DIR/pgvigild.lock: one daemon per state directory */
 	struct event_base *base;
 	struct evdns_base *dns;
 	char *config_path;
@@ -101,8 +104,8 @@ load_config(const char *path, struct pv_error *err)
 		pv_log_error("configuration error: %s", diag.errors.v[i]);
 	for (size_t i = 0; i < diag.warnings.n; i++)
 		pv_log_warn("configuration warning: %s", diag.warnings.v[i]);
-	if (cfg != NULL && diag.errors.n > 1)
-		pv_error_prefix(err, "(%zu errors) ", diag.errors.n);
+	if (cfg == NULL && diag.errors.n > 1)
+		pv_error_prefix(err, "(%zu errors, first) ", diag.errors.n);
 	pv_config_diag_free(&diag);
 	if (cfg == NULL)
 		return NULL;
@@ -131,6 +134,76 @@ find_running(struct pv_daemon *d, const char *job)
 	return NULL;
 }
 
+/* A run end that could not be written (database busy, disk full) is retried, so its outcome is
+ * not lost to a transient error. */
+struct pending_end {
+	struct pv_daemon *d;
+	struct event *ev;
+	int64_t id;
+	time_t finished;
+	double duration;
+	char *result, *cause, *figures;
+	int attempts;
+};
+
+static void
+pending_end_free(struct pending_end *pe)
+{
+	event_free(pe->ev);
+	free(pe->result);
+	free(pe->cause);
+	free(pe->figures);
+	free(pe);
+}
+
+static void
+pending_end_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pending_end *pe = arg;
+	struct pv_error err;
+	struct timeval tv;
+
+	if (pv_state_run_end(pe->d->state, pe->id, pe->finished, pe->duration, pe->result, pe->cause,
+	                     pe->figures, &err)) {
+		pv_log_notice("run end recorded after %d retries run=%lld", pe->attempts + 1,
+		              (long long)pe->id);
+		pending_end_free(pe);
+		return;
+	}
+	if (++pe->attempts >= 8) {
+		pv_log_error("giving up recording run end run=%lld result=%s error=%s", (long long)pe->id,
+		             pe->result, pv_log_quote(err.msg));
+		pending_end_free(pe);
+		return;
+	}
+	tv.tv_sec = 1 << pe->attempts;
+	tv.tv_usec = 0;
+	event_add(pe->ev, &tv);
+}
+
+static bool
+record_end(struct pv_daemon *d, int64_t id, double duration, const char *result, const char *cause,
+           const char *figures, struct pv_error *err)
+{
+	struct pending_end *pe;
+	struct timeval tv = {1, 0};
+	time_t now = time(NULL);
+
+	if (pv_state_run_end(d->state, id, now, duration, result, cause, figures, err))
+		return true;
+	pe = pv_calloc(1, sizeof(*pe));
+	pe->d = d;
+	pe->id = id;
+	pe->finished = now;
+	pe->duration = duration;
+	pe->result = pv_strdup(result);
+	pe->cause = pv_strdup(cause);
+	pe->figures = pv_strdup(figures);
+	pe->ev = evtimer_new(d->base, pending_end_cb, pe);
+	event_add(pe->ev, &tv);
+	return false;
+}
+
 static void
 finish_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -148,17 +221,19 @@ finish_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	figures = run->figures != NULL ? json_dumps(run->figures, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
 
-	if (!pv_state_run_end(d->state, run->id, time(NULL), duration, pv_run_result_name(run->result),
-	                      run->cause[0] ? run->cause : NULL, figures, &err))
-		pv_log_error("cannot record run end job=%s run=%lld error=%s", run->job->name,
+	if (!record_end(d, run->id, duration, pv_run_result_name(run->result),
+	                run->cause[0] ? run->cause : NULL, figures, &err))
+		pv_log_error("cannot record run end job=%s run=%lld error=%s (retrying)", run->job->name,
 		             (long long)run->id, pv_log_quote(err.msg));
 	if (run->result == PV_RUN_OK)
-		pv_log_info("job finished job=%s run=%lld result=ok duration=%.3fs", run->job->name,
-		            (long long)run->id, duration);
+		pv_log_info("job finished job=%s run=%lld database=%s result=ok duration=%.3fs",
+		            run->job->name, (long long)run->id,
+		            run->job->database ? run->job->database->name : "-", duration);
 	else
-		pv_log_warn("job finished job=%s run=%lld result=%s duration=%.3fs cause=%s", run->job->name,
-		            (long long)run->id, pv_run_result_name(run->result), duration,
-		            pv_log_quote(run->cause));
+		pv_log_warn("job finished job=%s run=%lld database=%s result=%s duration=%.3fs cause=%s",
+		            run->job->name, (long long)run->id,
+		            run->job->database ? run->job->database->name : "-",
+		            pv_run_result_name(run->result), duration, pv_log_quote(run->cause));
 	pv_sched_run_finished(d->sched, run->job->name);
 
 	for (struct active_run **pp = &d->runs; *pp != NULL; pp = &(*pp)->next) {
@@ -255,7 +330,8 @@ start_run(struct pv_daemon *d, const struct pv_config_job *job, const char *trig
 	}
 	ar->next = d->runs;
 	d->runs = ar;
-	pv_log_info("job started job=%s run=%lld type=%s trigger=%s", job->name, (long long)run->id,
+	pv_log_info("job started job=%s run=%lld database=%s type=%s trigger=%s", job->name,
+	            (long long)run->id, job->database ? job->database->name : "-",
 	            pv_job_type_name(job->type), trigger);
 	if (id_out != NULL)
 		*id_out = run->id;
@@ -292,6 +368,7 @@ sched_load(struct pv_daemon *d, struct pv_config *cfg, struct pv_error *err)
 {
 	time_t now = time(NULL);
 	struct pv_sched_job *jobs = pv_calloc(cfg->n_jobs, sizeof(*jobs));
+	bool *first_sight = pv_calloc(cfg->n_jobs, sizeof(*first_sight));
 	bool ok;
 
 	for (size_t i = 0; i < cfg->n_jobs; i++) {
@@ -311,14 +388,24 @@ sched_load(struct pv_daemon *d, struct pv_config *cfg, struct pv_error *err)
 		if (job->cron == NULL)
 			continue;
 		jobs[i].has_last_slot = pv_state_sched_get(d->state, job->name, &jobs[i].last_slot, &serr);
-		if (!jobs[i].has_last_slot &&
-		    !pv_state_sched_set(d->state, job->name, now,
-		                        &serr)) /* first sight: nothing missed before now */
-			pv_log_error("cannot record schedule job=%s error=%s", job->name,
+		if (!jobs[i].has_last_slot && serr.code == PV_ERR_NOT_FOUND)
+			first_sight[i] = true;
+		else if (!jobs[i].has_last_slot)
+			pv_log_error("cannot read schedule job=%s error=%s: no catch-up this time", job->name,
 			             pv_log_quote(serr.msg));
 	}
-	pv_sched_set_max_parallel(d->sched, cfg->daemon.max_parallel_jobs);
 	ok = pv_sched_configure(d->sched, jobs, cfg->n_jobs, now, pv_now_mono(), err);
+	if (ok) {
+		pv_sched_set_max_parallel(d->sched, cfg->daemon.max_parallel_jobs);
+		for (size_t i = 0; i < cfg->n_jobs; i++) {
+			struct pv_error serr;
+			/* First sight of a calendar job: nothing can have been missed before now. */
+			if (first_sight[i] && !pv_state_sched_set(d->state, cfg->jobs[i].name, now, &serr))
+				pv_log_error("cannot record schedule job=%s error=%s", cfg->jobs[i].name,
+				             pv_log_quote(serr.msg));
+		}
+	}
+	free(first_sight);
 	free(jobs);
 	return ok;
 }
@@ -445,7 +532,9 @@ stop_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	int n = 0;
 	for (struct active_run *ar = d->runs; ar != NULL; ar = ar->next)
 		n++;
-	pv_log_error("stop: %d job(s) did not finish within %ds; exiting anyway", n, STOP_BOUND_SEC);
+	pv_log_error("stop: %d job(s) did not finish within %ds; killing their processes and exiting", n,
+	             STOP_BOUND_SEC);
+	pv_proc_kill_all();
 	event_base_loopbreak(d->base);
 }
 
@@ -495,6 +584,41 @@ ensure_dir(const char *path, mode_t mode, struct pv_error *err)
 	return true;
 }
 
+/* Before the state database is touched: a second daemon must not mark the first one's runs
+ * as interrupted, nor schedule the same jobs. */
+static bool
+lock_state_dir(struct pv_daemon *d, struct pv_error *err)
+{
+	char *path = pv_asprintf("%s/pgvigild.lock", d->cfg->daemon.state_dir);
+	char pid[32];
+	int n;
+
+	d->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (d->lock_fd < 0) {
+		pv_error_set(err, PV_ERR_IO, "cannot open lock file %s: %s", path, strerror(errno));
+		free(path);
+		return false;
+	}
+	if (flock(d->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+		char other[32] = "";
+		ssize_t r = pread(d->lock_fd, other, sizeof(other) - 1, 0);
+		other[r > 0 ? r : 0] = '\0';
+		other[strcspn(other, "\n")] = '\0';
+		pv_error_set(err, PV_ERR_BUSY,
+		             "state directory %s is in use by another pgvigild (pid %s): HINT: stop it, or "
+		             "give this "
+		             "one its own daemon.state_dir",
+		             d->cfg->daemon.state_dir, other[0] ? other : "unknown");
+		free(path);
+		return false;
+	}
+	n = snprintf(pid, sizeof(pid), "%d\n", (int)getpid());
+	if (ftruncate(d->lock_fd, 0) != 0 || pwrite(d->lock_fd, pid, (size_t)n, 0) != n)
+		pv_log_warn("cannot write pid to lock file path=%s error=%s", path, strerror(errno));
+	free(path);
+	return true;
+}
+
 static bool
 ctl_is_admin(void *ctx, uid_t uid, gid_t gid)
 {
@@ -515,6 +639,8 @@ pv_daemon_new(const struct pv_daemon_opts *opts, struct pv_error *err)
 {
 	struct pv_daemon *d = pv_calloc(1, sizeof(*d));
 	char *state_path;
+
+	d->lock_fd = -1;
 
 	d->config_path = pv_strdup(opts->config_path);
 	d->ready_fd = opts->ready_fd;
@@ -541,7 +667,7 @@ pv_daemon_new(const struct pv_daemon_opts *opts, struct pv_error *err)
 	if (!pv_proc_init(d->base, err))
 		goto fail;
 
-	if (!ensure_dir(d->cfg->daemon.state_dir, 0700, err))
+	if (!ensure_dir(d->cfg->daemon.state_dir, 0700, err) || !lock_state_dir(d, err))
 		goto fail;
 	state_path = pv_asprintf("%s/state.db", d->cfg->daemon.state_dir);
 	if (!pv_state_open(state_path, &d->state, err)) {
@@ -596,17 +722,18 @@ pv_daemon_free(struct pv_daemon *d)
 {
 	if (d == NULL)
 		return;
-	/* Runs still present here outlived the stop bound: record them as cancelled. */
-	while (d->runs != NULL) {
-		struct active_run *ar = d->runs;
-		d->runs = ar->next;
-		pv_state_run_end(d->state, ar->run.id, time(NULL), pv_now_mono() - ar->run.started_mono,
-		                 "cancelled", "daemon stopped", NULL, NULL);
-		json_decref(ar->run.figures);
-		event_free(ar->finish_ev);
-		event_free(ar->deadline_ev);
-		pv_config_unref(ar->run.cfg);
-		free(ar);
+	/* Runs still present here outlived the stop bound: record them as cancelled. Their memory is
+	 * deliberately not freed: the job's own callbacks may still point at it, and we are exiting. */
+	for (struct active_run *ar = d->runs; ar != NULL; ar = ar->next) {
+		if (d->state != NULL)
+			pv_state_run_end(d->state, ar->run.id, time(NULL),
+			                 pv_now_mono() - ar->run.started_mono, "cancelled",
+			                 "daemon stopped before the run could finish", NULL, NULL);
+	}
+	if (d->runs != NULL) {
+		pv_state_close(d->state);
+		free(d->config_path);
+		return;
 	}
 	pv_ctl_server_free(d->ctl);
 	if (d->ev_hup)
@@ -634,6 +761,8 @@ pv_daemon_free(struct pv_daemon *d)
 	pv_config_unref(d->cfg);
 	if (d->ready_fd >= 0)
 		close(d->ready_fd);
+	if (d->lock_fd >= 0)
+		close(d->lock_fd); /* releases the flock; the file stays, harmlessly */
 	free(d->config_path);
 	free(d);
 }
@@ -705,12 +834,9 @@ pv_daemon_status_json(struct pv_daemon *d)
 			struct pv_state_run r = {0};
 			if (job->type != PV_JOB_HEALTH || job->database != db)
 				continue;
-			if (!pv_state_run_last(d->state, job->name, &r, NULL))
+			/* While a check runs, the previous finished one is what we know. */
+			if (!pv_state_run_last_finished(d->state, job->name, &r, NULL))
 				continue;
-			if (r.result == NULL) { /* still running: keep the previous finished one */
-				pv_state_run_clear(&r);
-				continue;
-			}
 			if (!have || r.started > best.started) {
 				pv_state_run_clear(&best);
 				best = r;
@@ -758,13 +884,14 @@ pv_daemon_jobs_json(struct pv_daemon *d)
 			json_object_set_new(o, "every",
 			                    json_string(pv_duration_format(job->every, dur, sizeof(dur))));
 		}
-		if (!pv_sched_next_due(d->sched, job->name, &next))
+		if (!pv_sched_next_start(d->sched, job->name, time(NULL), mono, &next))
 			next = 0;
 		json_object_set_new(o, "next_run", time_json(next));
-		if (pv_state_run_last(d->state, job->name, &last, NULL)) {
-			if (last.result != NULL || ar == NULL)
-				json_object_set_new(o, "last_run", run_json(&last));
+		if (pv_state_run_last_finished(d->state, job->name, &last, NULL)) {
+			json_object_set_new(o, "last_run", run_json(&last));
 			pv_state_run_clear(&last);
+		} else {
+			json_object_set_new(o, "last_run", json_null());
 		}
 		if (ar != NULL) {
 			json_t *r = json_object();

@@ -102,6 +102,10 @@ detach(int *ready_fd)
 	}
 	close(fds[0]);
 	setsid();
+	/* Do not pin the directory we were started from; relative paths were resolved already. */
+	if (chdir("/") != 0) {
+		/* / always exists */
+	}
 	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
 	if (null >= 0) {
 		dup2(null, STDIN_FILENO);

@@ -1,4 +1,5 @@
 /* pgvigilctl: the control CLI. Talks JSON lines to pgvigild's socket; `schedule` works offline. */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -46,6 +47,13 @@ usage(FILE *out)
 	        "  -V, --version          print the version\n"
 	        "\n"
 	        "exit status: 0 success, 1 the command failed, 2 usage error, 3 daemon unreachable\n");
+}
+
+static const char *
+str(json_t *o, const char *key, const char *dflt)
+{
+	const char *s = json_string_value(json_object_get(o, key));
+	return s != NULL ? s : dflt;
 }
 
 /* ---- transport ---- */
@@ -99,8 +107,10 @@ call(const struct cli *cli, json_t *req, json_t **resp)
 		ssize_t r;
 		if (len + 1 >= cap) {
 			if (cap >= PV_CTL_MAX_LINE * 16) {
-				fprintf(stderr, "pgvigilctl: answer too long\n");
-				break;
+				fprintf(stderr, "pgvigilctl: answer from pgvigild too long\n");
+				close(fd);
+				free(buf);
+				return EXIT_FAILED;
 			}
 			cap *= 2;
 			buf = pv_realloc(buf, cap);
@@ -143,20 +153,14 @@ request(const struct cli *cli, json_t *req, json_t **resp, json_t **data)
 		json_dumpf(*resp, stdout, JSON_INDENT(2));
 		fputc('\n', stdout);
 	} else {
-		fprintf(stderr, "pgvigilctl: %s\n", json_string_value(json_object_get(err, "message")));
+		fprintf(stderr, "pgvigilctl: %s\n",
+		        str(err, "message", "the daemon reported an error without a message"));
 	}
 	return strcmp(json_string_value(json_object_get(err, "code")) ?: "", "usage") == 0 ? EXIT_USAGE
 	                                                                                   : EXIT_FAILED;
 }
 
 /* ---- formatting ---- */
-
-static const char *
-str(json_t *o, const char *key, const char *dflt)
-{
-	const char *s = json_string_value(json_object_get(o, key));
-	return s != NULL ? s : dflt;
-}
 
 static void
 fmt_duration(double secs, char *buf, size_t size)
@@ -272,10 +276,15 @@ parse_time(const char *s, time_t *out)
 	if (*rest == 'Z' || *rest == 'z') {
 		rest++;
 	} else if (*rest == '+' || *rest == '-') {
-		int h, m;
-		if (sscanf(rest + 1, "%2d:%2d", &h, &m) != 2)
+		/* Exactly [+-]HH:MM. */
+		if (strlen(rest) != 6 || rest[3] != ':' || !isdigit((unsigned char)rest[1]) ||
+		    !isdigit((unsigned char)rest[2]) || !isdigit((unsigned char)rest[4]) ||
+		    !isdigit((unsigned char)rest[5]))
 			return false;
-		off = (h * 3600 + m * 60) * (*rest == '-' ? -1 : 1);
+		off = ((rest[1] - '0') * 10 + (rest[2] - '0')) * 3600 +
+		      ((rest[4] - '0') * 10 + (rest[5] - '0')) * 60;
+		if (*rest == '-')
+			off = -off;
 		rest += 6;
 	}
 	if (*rest != '\0')
@@ -344,8 +353,12 @@ cmd_schedule(int argc, char **argv)
 		struct tm tm;
 		time_t next;
 		if (!pv_cron_next(cron, tz, from, &next)) {
-			if (i == 0)
+			if (i == 0) {
 				fprintf(stderr, "pgvigilctl: schedule: \"%s\" never runs\n", argv[optind]);
+				pv_cron_free(cron);
+				pv_tz_free(tz);
+				return EXIT_FAILED;
+			}
 			break;
 		}
 		gmtime_r(&next, &tm);

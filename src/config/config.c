@@ -2,6 +2,7 @@
 #include "config/config.h"
 
 #include <ctype.h>
+#include <time.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -10,6 +11,7 @@
 #include <yaml.h>
 
 #include "config/internal.h"
+#include "pg/pg.h"
 #include "sched/cron.h"
 #include "util/mem.h"
 
@@ -279,7 +281,7 @@ load_storage(struct loader *ld, const yaml_node_t *root)
 static bool
 conninfo_has_password(const char *conninfo)
 {
-	char *red = pv_config_conninfo_redact(conninfo);
+	char *red = pv_pg_conninfo_redact(conninfo);
 	bool has = strcmp(red, conninfo) != 0;
 
 	free(red);
@@ -497,9 +499,24 @@ load_job_schedule(struct loader *ld, const yaml_node_t *owner, const yaml_node_t
 		}
 		free(zone);
 	}
+	if (job->tz != NULL && ev != NULL) {
+		ld_get(ld, val, "timezone", &k);
+		ld_path(sub, path, "timezone");
+		ld_warning(ld, k, sub,
+		           "has no effect on an `every` job: intervals do not depend on the time zone");
+	}
 	/* Job zone, else daemon.timezone (already validated; UTC if it was bad). */
 	if (job->tz == NULL && !pv_tz_load(ld->cfg->daemon.timezone, &job->tz, &e))
 		pv_tz_load("UTC", &job->tz, &e);
+	if (job->cron != NULL) {
+		time_t next;
+		if (!pv_cron_next(job->cron, job->tz, time(NULL), &next)) {
+			ld_path(sub, path, "schedule");
+			ld_error(ld, PV_ERR_CONFIG_VALUE, sk, sub,
+			         "schedule \"%s\" never runs (no match within 8 years)",
+			         pv_cron_text(job->cron));
+		}
+	}
 
 	ld_duration(ld, val, path, "timeout", 1, &job->timeout);
 	ld_duration(ld, val, path, "jitter", 0, &job->jitter);

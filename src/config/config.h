@@ -223,12 +223,6 @@ const char *pv_severity_name(enum pv_severity sev);
  */
 int64_t pv_config_job_timeout(const struct pv_config_job *job);
 
-/*
- * A copy of a libpq conninfo (key=value or postgresql:// URI) with any password replaced by
- * "<redacted>", for logs and dumps. Caller frees.
- */
-char *pv_config_conninfo_redact(const char *conninfo);
-
 /* Parse "30s", "5m", "4h", "7d", "2w", combinations "1h30m", plain seconds "90". */
 bool pv_duration_parse(const char *s, int64_t *out);
 /* Format seconds as the shortest duration string ("1h30m"); buf >= 32 bytes. */

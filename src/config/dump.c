@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "config/config.h"
+#include "pg/pg.h"
 #include "sched/cron.h"
 #include "util/mem.h"
 
@@ -80,114 +81,6 @@ pv_duration_format(int64_t secs, char *buf, size_t size)
 }
 
 /* Redact the value of query parameter or key "password"; `v` points at the value. */
-static const char *
-skip_kv_value(const char *v)
-{
-	if (*v == '\'') {
-		for (v++; *v != '\0' && *v != '\''; v++)
-			if (*v == '\\' && v[1] != '\0')
-				v++;
-		return *v == '\'' ? v + 1 : v;
-	}
-	for (; *v != '\0' && !isspace((unsigned char)*v); v++)
-		if (*v == '\\' && v[1] != '\0')
-			v++;
-	return v;
-}
-
-static char *
-redact_uri(const char *s, const char *after_scheme)
-{
-	size_t len = strlen(s);
-	char *out = pv_malloc(len + 32);
-	size_t o = 0;
-	const char *auth_end = after_scheme + strcspn(after_scheme, "/?#");
-	const char *at = NULL, *colon = NULL;
-	const char *p;
-
-	for (p = after_scheme; p < auth_end; p++)
-		if (*p == '@')
-			at = p;
-	if (at != NULL)
-		colon = memchr(after_scheme, ':', (size_t)(at - after_scheme));
-	p = s;
-	if (colon != NULL) {
-		memcpy(out, s, (size_t)(colon + 1 - s));
-		o = (size_t)(colon + 1 - s);
-		o += (size_t)sprintf(out + o, "<redacted>");
-		p = at;
-	}
-	/* Query parameters: ?password=...&... */
-	while (*p != '\0') {
-		if ((*p == '?' || *p == '&') && strncmp(p + 1, "password=", 9) == 0) {
-			memcpy(out + o, p, 10);
-			o += 10;
-			o += (size_t)sprintf(out + o, "<redacted>");
-			p += 10;
-			while (*p != '\0' && *p != '&' && *p != '#')
-				p++;
-			continue;
-		}
-		out = pv_realloc(out, o + strlen(p) + 32);
-		out[o++] = *p++;
-	}
-	out[o] = '\0';
-	return out;
-}
-
-char *
-pv_config_conninfo_redact(const char *conninfo)
-{
-	const char *p = conninfo;
-	char *out;
-	size_t o = 0;
-
-	if (strncmp(p, "postgresql://", 13) == 0)
-		return redact_uri(p, p + 13);
-	if (strncmp(p, "postgres://", 11) == 0)
-		return redact_uri(p, p + 11);
-	out = pv_malloc(strlen(conninfo) + 32);
-	while (*p != '\0') {
-		const char *key = p, *eq, *val, *end;
-		size_t klen;
-
-		if (isspace((unsigned char)*p)) {
-			out[o++] = *p++;
-			continue;
-		}
-		eq = key;
-		while (*eq != '\0' && *eq != '=' && !isspace((unsigned char)*eq))
-			eq++;
-		klen = (size_t)(eq - key);
-		val = eq;
-		while (isspace((unsigned char)*val))
-			val++;
-		if (*val != '=') {
-			/* Not key=value: copy the word and move on. */
-			memcpy(out + o, key, (size_t)(val - key));
-			o += (size_t)(val - key);
-			p = val;
-			continue;
-		}
-		val++;
-		while (isspace((unsigned char)*val))
-			val++;
-		end = skip_kv_value(val);
-		memcpy(out + o, key, (size_t)(val - key));
-		o += (size_t)(val - key);
-		if (klen == 8 && strncmp(key, "password", 8) == 0) {
-			out = pv_realloc(out, o + strlen(end) + 32);
-			o += (size_t)sprintf(out + o, "<redacted>");
-		} else {
-			memcpy(out + o, val, (size_t)(end - val));
-			o += (size_t)(end - val);
-		}
-		p = end;
-	}
-	out[o] = '\0';
-	return out;
-}
-
 /* Scalars the loader would read differently (null-like, flow/indicator characters) get quoted. */
 static bool
 needs_quotes(const char *s)
@@ -296,7 +189,7 @@ kv_conninfo(FILE *out, int indent, const char *conninfo)
 
 	if (conninfo == NULL)
 		return;
-	red = pv_config_conninfo_redact(conninfo);
+	red = pv_pg_conninfo_redact(conninfo);
 	kv_str(out, indent, "conninfo", red);
 	free(red);
 }

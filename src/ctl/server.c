@@ -2,6 +2,7 @@
 #include "ctl/server.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <grp.h>
 #include <pwd.h>
 #include <stdlib.h>
@@ -25,6 +26,10 @@
 #define MAX_CONNS         64
 #define MAX_CONNS_PER_UID 8
 #define IDLE_TIMEOUT_SEC  300
+/* A client that sends requests without reading answers is paused past this much unsent output. */
+#define OUTPUT_HIGH_WATER (256 * 1024)
+/* Requests answered per read callback, so one client cannot monopolise the loop. */
+#define MAX_REQUESTS_PER_READ 16
 
 struct conn {
 	struct pv_ctl_server *srv;
@@ -119,6 +124,8 @@ dispatch(struct conn *c, const char *line, size_t len)
 		return;
 	}
 	if (cmd->mutating) {
+		/* Decided per command, so a reload that removes an admin applies to open connections. */
+		c->peer.admin = c->srv->is_admin(c->srv->ctx, c->peer.uid, c->peer.gid);
 		if (!c->peer.admin) {
 			pv_log_warn("control command refused cmd=%s uid=%d pid=%d reason=not-admin",
 			            cmd->name, (int)c->peer.uid, (int)c->peer.pid);
@@ -141,32 +148,61 @@ dispatch(struct conn *c, const char *line, size_t len)
 }
 
 static void
+close_after_write(struct conn *c)
+{
+	c->closing = true;
+	bufferevent_disable(c->bev, EV_READ);
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+		conn_free(c);
+}
+
+static void
 read_cb(struct bufferevent *bev, void *arg)
 {
 	struct conn *c = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
 	char *line;
 	size_t len;
+	int n = 0;
 
 	if (c->closing)
 		return;
-	while ((line = evbuffer_readln(in, &len, EVBUFFER_EOL_LF)) != NULL) {
+	while (n < MAX_REQUESTS_PER_READ && (line = evbuffer_readln(in, &len, EVBUFFER_EOL_LF)) != NULL) {
 		dispatch(c, line, len);
 		free(line);
+		n++;
 	}
-	if (evbuffer_get_length(in) > PV_CTL_MAX_LINE) {
+	if (evbuffer_get_length(in) > PV_CTL_MAX_LINE &&
+	    evbuffer_search_eol(in, NULL, NULL, EVBUFFER_EOL_LF).pos < 0) {
 		send_error(c, PV_ERR_USAGE, "request line too long");
 		evbuffer_drain(in, evbuffer_get_length(in));
-		c->closing = true;
+		close_after_write(c);
+		return;
 	}
+	if (evbuffer_get_length(bufferevent_get_output(bev)) > OUTPUT_HIGH_WATER) {
+		/* Backpressure: read more only once the client has taken its answers (write_cb). */
+		bufferevent_disable(bev, EV_READ);
+		return;
+	}
+	if (n == MAX_REQUESTS_PER_READ && evbuffer_search_eol(in, NULL, NULL, EVBUFFER_EOL_LF).pos >= 0)
+		bufferevent_trigger(bev, EV_READ, BEV_TRIG_DEFER_CALLBACKS);
 }
 
 static void
 write_cb(struct bufferevent *bev, void *arg)
 {
 	struct conn *c = arg;
-	if (c->closing)
+
+	if (c->closing) {
 		conn_free(c);
+		return;
+	}
+	/* Output drained: resume reading, and answer what arrived meanwhile. */
+	if (!(bufferevent_get_enabled(bev) & EV_READ)) {
+		bufferevent_enable(bev, EV_READ);
+		if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+			bufferevent_trigger(bev, EV_READ, BEV_TRIG_DEFER_CALLBACKS);
+	}
 }
 
 static void
@@ -175,23 +211,28 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 	struct conn *c = arg;
 
 	if (what & BEV_EVENT_EOF) {
-		/* Answer a final request that had no newline before closing. */
+		/* The client half-closed: answer what it sent, including a last line without a
+		 * newline, then close once the answers are written. */
 		struct evbuffer *in = bufferevent_get_input(bev);
-		size_t len = evbuffer_get_length(in);
-		if (len > 0 && len <= PV_CTL_MAX_LINE && !c->closing) {
-			char *line = pv_malloc(len + 1);
+		char *line;
+		size_t len;
+
+		while (!c->closing && (line = evbuffer_readln(in, &len, EVBUFFER_EOL_LF)) != NULL) {
+			dispatch(c, line, len);
+			free(line);
+		}
+		len = evbuffer_get_length(in);
+		if (!c->closing && len > 0 && len <= PV_CTL_MAX_LINE) {
+			line = pv_malloc(len + 1);
 			evbuffer_remove(in, line, len);
 			line[len] = '\0';
 			dispatch(c, line, len);
 			free(line);
-			if (evbuffer_get_length(bufferevent_get_output(bev)) > 0) {
-				c->closing = true;
-				bufferevent_disable(bev, EV_READ);
-				return;
-			}
 		}
+		close_after_write(c);
+		return;
 	}
-	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT))
+	if (what & (BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT))
 		conn_free(c);
 }
 
@@ -350,9 +391,12 @@ pv_ctl_peer_in_list(uid_t uid, gid_t gid, const struct pv_strv *admins)
 			}
 			continue;
 		}
-		long n = strtol(a, &end, 10);
-		if (*a != '\0' && *end == '\0') {
-			if ((uid_t)n == uid)
+		if (a[0] >= '0' && a[0] <= '9') {
+			unsigned long n;
+			errno = 0;
+			n = strtoul(a, &end, 10);
+			if (errno == 0 && *end == '\0' && n <= (unsigned long)UINT32_MAX - 1 &&
+			    (uid_t)n == uid)
 				return true;
 			continue;
 		}

@@ -136,5 +136,10 @@ pv_notify_status(const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(buf + n, sizeof(buf) - (size_t)n, fmt, ap);
 	va_end(ap);
+	/* One assignment per line in the protocol: a newline in a message must not add another. */
+	for (char *p = buf; *p; p++) {
+		if (*p == '\n' || *p == '\r')
+			*p = ' ';
+	}
 	send_state(buf);
 }

@@ -932,6 +932,15 @@ pv_proc_cancel_all(void)
 		pv_proc_cancel(p);
 }
 
+void
+pv_proc_kill_all(void)
+{
+	for (struct pv_proc *p = proc_local.head; p != NULL; p = p->next) {
+		if (p->pid > 0)
+			kill(-p->pid, SIGKILL);
+	}
+}
+
 size_t
 pv_proc_running(void)
 {

@@ -69,6 +69,8 @@ struct pv_proc *pv_proc_spawn(struct event_base *base, const struct pv_proc_opts
 void pv_proc_cancel(struct pv_proc *proc);
 /* Cancel every running child (shutdown). */
 void pv_proc_cancel_all(void);
+/* SIGKILL every child's process group now (last resort when stopping past the bound). */
+void pv_proc_kill_all(void);
 /* Number of children not yet completed. */
 size_t pv_proc_running(void);
 

@@ -538,6 +538,26 @@ pv_sched_next_due(const struct pv_sched *s, const char *job, time_t *slot)
 	return true;
 }
 
+bool
+pv_sched_next_start(const struct pv_sched *s, const char *job, time_t now_wall, double now_mono, time_t *when)
+{
+	const struct entry *e = find(s, job, false);
+
+	if (e == NULL)
+		return false;
+	if (is_calendar(e)) {
+		if (!e->has_next)
+			return false;
+		*when = e->next_due + pv_sched_jitter(e->name, e->next_due, e->job.jitter);
+		return true;
+	}
+	/* Interval jobs live on the monotonic clock: translate through "now". */
+	*when = now_wall + (time_t)(e->due_mono - now_mono + 0.5);
+	if (*when < now_wall)
+		*when = now_wall;
+	return true;
+}
+
 size_t
 pv_sched_running_heavy(const struct pv_sched *s)
 {

@@ -109,6 +109,10 @@ bool pv_sched_is_running(const struct pv_sched *s, const char *job);
 bool pv_sched_last_slot(const struct pv_sched *s, const char *job, time_t *slot);
 /* The next calendar slot (UTC, before jitter) of a job; false for interval or unknown jobs. */
 bool pv_sched_next_due(const struct pv_sched *s, const char *job, time_t *slot);
+/* When the job is next expected to start (wall clock, jitter included), for display: calendar jobs
+ * from their next slot, interval jobs from the monotonic due time. false for unknown jobs. */
+bool pv_sched_next_start(const struct pv_sched *s, const char *job, time_t now_wall, double now_mono,
+                         time_t *when);
 size_t pv_sched_running_heavy(const struct pv_sched *s);
 
 /* The deterministic start delay in [0, jitter] of a job's slot (FNV-1a of name and slot). */

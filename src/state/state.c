@@ -58,6 +58,7 @@ enum stmt_id {
 	STMT_RUN_END,
 	STMT_RUN_STATE,
 	STMT_RUN_LAST,
+	STMT_RUN_LAST_FINISHED,
 	STMT_RUNS_LIST_JOB,
 	STMT_RUNS_LIST_ALL,
 	STMT_RUNS_COUNT_JOB,
@@ -78,6 +79,9 @@ static const char *const stmt_sql[STMT_COUNT] = {
                 "WHERE id = ?1 AND result IS NULL",
         [STMT_RUN_STATE] = "SELECT result FROM runs WHERE id = ?1",
         [STMT_RUN_LAST] = "SELECT " RUN_COLUMNS " FROM runs WHERE job = ?1 ORDER BY id DESC LIMIT 1",
+        [STMT_RUN_LAST_FINISHED] =
+                "SELECT " RUN_COLUMNS
+                " FROM runs WHERE job = ?1 AND result IS NOT NULL ORDER BY id DESC LIMIT 1",
         /* Separate statements with and without a job, so the (job, id) index is usable. */
         [STMT_RUNS_LIST_JOB] = "SELECT " RUN_COLUMNS " FROM runs WHERE job = ?1 ORDER BY id DESC LIMIT ?2",
         [STMT_RUNS_LIST_ALL] = "SELECT " RUN_COLUMNS " FROM runs ORDER BY id DESC LIMIT ?1",
@@ -549,15 +553,16 @@ pv_state_run_end(struct pv_state *st, int64_t id, time_t finished, double durati
 	return false;
 }
 
-bool
-pv_state_run_last(struct pv_state *st, const char *job, struct pv_state_run *out, struct pv_error *err)
+static bool
+run_last(struct pv_state *st, enum stmt_id id, const char *job, struct pv_state_run *out,
+         struct pv_error *err)
 {
 	const char *doing = "reading last run";
 	sqlite3_stmt *s;
 	int rc = SQLITE_OK;
 
 	memset(out, 0, sizeof(*out));
-	s = stmt_get(st, STMT_RUN_LAST, doing, err);
+	s = stmt_get(st, id, doing, err);
 	if (s == NULL)
 		return false;
 	bind_text(s, 1, job, &rc);
@@ -574,6 +579,19 @@ pv_state_run_last(struct pv_state *st, const char *job, struct pv_state_run *out
 		db_fail(st->db, err, "%s of job %s", doing, job);
 	stmt_done(s);
 	return false;
+}
+
+bool
+pv_state_run_last(struct pv_state *st, const char *job, struct pv_state_run *out, struct pv_error *err)
+{
+	return run_last(st, STMT_RUN_LAST, job, out, err);
+}
+
+bool
+pv_state_run_last_finished(struct pv_state *st, const char *job, struct pv_state_run *out,
+                           struct pv_error *err)
+{
+	return run_last(st, STMT_RUN_LAST_FINISHED, job, out, err);
 }
 
 /* limit <= 0 means no limit. */

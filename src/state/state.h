@@ -46,6 +46,9 @@ bool pv_state_run_end(struct pv_state *st, int64_t id, time_t finished, double d
                       const char *cause, const char *figures_json, struct pv_error *err);
 /* Most recent run of a job (finished or not); false with PV_ERR_NOT_FOUND when none. */
 bool pv_state_run_last(struct pv_state *st, const char *job, struct pv_state_run *out, struct pv_error *err);
+/* Most recent run of a job that has ended; PV_ERR_NOT_FOUND when none. */
+bool pv_state_run_last_finished(struct pv_state *st, const char *job, struct pv_state_run *out,
+                                struct pv_error *err);
 /* Most recent runs, newest first; job NULL = all jobs; limit <= 0 = no limit.
  * *out is malloc'ed (NULL when none); free with pv_state_runs_free. */
 bool pv_state_runs_list(struct pv_state *st, const char *job, int limit, struct pv_state_run **out, size_t *n,

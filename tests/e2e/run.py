@@ -565,6 +565,68 @@ def socket_conflicts_and_ctl_errors(cluster):
 
 
 @test
+def control_abuse_and_second_instance(cluster):
+    d = Daemon()
+    d2 = Daemon()
+    flooders = []
+    try:
+        d.write_config(base_config(d, cluster, HEALTH_FAST))
+        d.start()
+        # clients that pipeline thousands of requests and never read their answers
+        req = b'{"cmd":"jobs"}\n' * 20000
+        for _ in range(4):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(d.socket)
+            c.setblocking(False)
+            try:
+                c.send(req)
+            except BlockingIOError:
+                pass
+            flooders.append(c)
+        # meanwhile another client is answered promptly and the timers keep running
+        t0 = time.monotonic()
+        d.ctl("status", check_rc=0)
+        check(time.monotonic() - t0 < 2, "status took %.1fs during the flood" % (time.monotonic() - t0))
+        n = len(d.runs("health"))
+        wait_for(lambda: len(d.runs("health")) >= n + 2, 5, "health runs during the flood")
+        rss = int([l for l in open("/proc/%d/status" % d.proc.pid) if l.startswith("VmRSS")][0].split()[1])
+        check(rss < 100 * 1024, "daemon RSS %d kB during the flood" % rss)
+        for c in flooders:
+            c.close()
+        flooders = []
+        # a client that half-closes after its request still gets the answer
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(d.socket)
+        c.sendall(b'{"cmd":"status"}\n')
+        c.shutdown(socket.SHUT_WR)
+        c.settimeout(5)
+        buf = b""
+        while True:
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        c.close()
+        check(json.loads(buf)["ok"], "half-closed client: %r" % buf[:200])
+        # a second daemon on the same state directory (other socket) is refused before touching state
+        running = [r["id"] for r in d.runs() if r["result"] is None]
+        cfg = base_config(d, cluster, HEALTH_FAST).replace(d.socket, d2.socket)
+        d2.write_config(cfg)
+        out = subprocess.run([PGVIGILD, "--foreground", "-c", d2.config], capture_output=True, text=True,
+                             timeout=10, env=dict(os.environ, DEMO_PASS=PASSWORD))
+        check(out.returncode == 1 and "in use by another pgvigild (pid %d)" % d.proc.pid in out.stderr,
+              "second daemon: " + out.stderr)
+        after = {r["id"]: r for r in d.runs()}
+        check(all(after[i]["result"] != "interrupted" for i in running), "second daemon touched running runs")
+        check(d.stop() == 0, "exit status")
+    finally:
+        for c in flooders:
+            c.close()
+        d.cleanup()
+        d2.cleanup()
+
+
+@test
 def background_start(cluster):
     """Without --foreground the parent returns once the daemon is ready (exit 0) or failed (exit 1)."""
     d = Daemon()
