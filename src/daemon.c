@@ -17,6 +17,7 @@
 #include "config/config.h"
 #include "ctl/commands.h"
 #include "ctl/server.h"
+#include "jobs/catalog.h"
 #include "jobs/job.h"
 #include "loop/notify.h"
 #include "loop/proc.h"
@@ -676,6 +677,20 @@ pv_daemon_new(const struct pv_daemon_opts *opts, struct pv_error *err)
 	}
 	free(state_path);
 
+	{
+		struct pv_catalog_report rep;
+		struct pv_error cerr;
+		if (!pv_catalog_sync(d->state, d->cfg->storage.path, true, &rep, &cerr))
+			pv_log_error("cannot check the backup catalog against storage error=%s",
+			             pv_log_quote(cerr.msg));
+		else if (rep.temporaries_removed + rep.rebuilt + rep.missing + rep.changed + rep.unreadable >
+		         0)
+			pv_log_notice("backup catalog checked temporaries_removed=%zu rebuilt=%zu "
+			              "missing=%zu changed=%zu "
+			              "unreadable=%zu",
+			              rep.temporaries_removed, rep.rebuilt, rep.missing, rep.changed,
+			              rep.unreadable);
+	}
 	d->sched = pv_sched_new(d->cfg->daemon.max_parallel_jobs);
 	if (!sched_load(d, d->cfg, err))
 		goto fail;
@@ -899,6 +914,8 @@ pv_daemon_jobs_json(struct pv_daemon *d)
 			json_object_set_new(r, "trigger", json_string(ar->run.trigger));
 			json_object_set_new(r, "started", time_json(ar->run.started));
 			json_object_set_new(r, "elapsed", json_real(mono - ar->run.started_mono));
+			if (ar->ops->progress != NULL)
+				ar->run.progress_bytes = ar->ops->progress(&ar->run);
 			json_object_set_new(r, "progress_bytes",
 			                    json_integer((json_int_t)ar->run.progress_bytes));
 			json_object_set_new(o, "running", r);
@@ -908,6 +925,24 @@ pv_daemon_jobs_json(struct pv_daemon *d)
 		json_array_append_new(arr, o);
 	}
 	return arr;
+}
+
+struct pv_state *
+pv_daemon_state(struct pv_daemon *d)
+{
+	return d->state;
+}
+
+struct pv_config *
+pv_daemon_config(struct pv_daemon *d)
+{
+	return d->cfg;
+}
+
+struct event_base *
+pv_daemon_base(struct pv_daemon *d)
+{
+	return d->base;
 }
 
 bool

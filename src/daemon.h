@@ -32,6 +32,11 @@ bool pv_daemon_run_job(struct pv_daemon *d, const char *job, int64_t *run_id, st
 bool pv_daemon_reload(struct pv_daemon *d, struct pv_error *err);
 bool pv_daemon_is_admin(struct pv_daemon *d, uid_t uid, gid_t gid);
 
+/* For commands that work on the catalog and storage directly. */
+struct pv_state *pv_daemon_state(struct pv_daemon *d);
+struct pv_config *pv_daemon_config(struct pv_daemon *d);
+struct event_base *pv_daemon_base(struct pv_daemon *d);
+
 /* Job types configured but not available in this build: a message per job, or none. */
 bool pv_daemon_check_job_types(const struct pv_config *cfg, struct pv_strv *problems);
 

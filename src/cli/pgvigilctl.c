@@ -12,8 +12,10 @@
 
 #include <jansson.h>
 
+#include "crypto/crypto.h"
 #include "ctl/protocol.h"
 #include "sched/cron.h"
+#include "storage/storage.h"
 #include "util/mem.h"
 
 #define DEFAULT_SOCKET "/run/pgvigil/pgvigil.sock"
@@ -23,6 +25,7 @@ enum { EXIT_OK = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_UNREACHABLE = 3 };
 struct cli {
 	const char *socket;
 	bool json;
+	bool no_timeout; /* verify: as long as it takes */
 };
 
 static void
@@ -36,9 +39,16 @@ usage(FILE *out)
 	        "  jobs                   jobs with schedule, next run, last run, running now\n"
 	        "  run JOB                start a job now (admins)\n"
 	        "  reload                 re-read the configuration, like SIGHUP (admins)\n"
+	        "  backups [DATABASE]     stored backups with size, tier, verified state\n"
+	        "  verify BACKUP_ID       verify one backup now (ID, or DATABASE/JOB/ID)\n"
+	        "  prune [--dry-run]      apply retention now, or show what it would delete (admins)\n"
 	        "commands (offline):\n"
 	        "  schedule \"CRON\" [--tz ZONE] [--from TIME] [--count N]\n"
 	        "                         print the next run times, one RFC 3339 UTC time per line\n"
+	        "  decrypt FILE [--key-file KEY]...\n"
+	        "                         write the custom-format archive of a stored dump to stdout\n"
+	        "  verify-file DIR [--key-file KEY]...\n"
+	        "                         check a backup directory: manifest, hashes, decryption, archive\n"
 	        "\n"
 	        "options:\n"
 	        "  -s, --socket PATH      control socket (default $PGVIGIL_SOCKET or " DEFAULT_SOCKET ")\n"
@@ -87,6 +97,8 @@ call(const struct cli *cli, json_t *req, json_t **resp)
 		free(line);
 		return EXIT_UNREACHABLE;
 	}
+	if (cli->no_timeout)
+		tv.tv_sec = 0;
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	for (size_t off = 0, n = strlen(line); off < n;) {
@@ -251,6 +263,210 @@ print_jobs(json_t *d)
 	}
 }
 
+static void
+fmt_size(json_int_t n, char *buf, size_t size)
+{
+	const char *units[] = {"B", "kB", "MB", "GB", "TB"};
+	double v = (double)n;
+	int u = 0;
+
+	while (v >= 1000 && u < 4) {
+		v /= 1000;
+		u++;
+	}
+	snprintf(buf, size, u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
+}
+
+static void
+fmt_epoch(json_t *v, char *buf, size_t size)
+{
+	time_t t = (time_t)json_integer_value(v);
+	struct tm tm;
+
+	if (!json_is_integer(v) || t <= 0) {
+		snprintf(buf, size, "-");
+		return;
+	}
+	gmtime_r(&t, &tm);
+	strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static void
+print_backups(json_t *d)
+{
+	json_t *list = json_object_get(d, "backups");
+	size_t i;
+	json_t *b;
+
+	printf("%-14s %-16s %-26s %-8s %-10s %-21s %-9s %s\n", "DATABASE", "JOB", "ID", "TIER", "SIZE",
+	       "FINISHED", "VERIFIED", "STATUS");
+	json_array_foreach(list, i, b)
+	{
+		char size[32], fin[32];
+		const char *vr = str(b, "verify_result", NULL);
+
+		fmt_size(json_integer_value(json_object_get(b, "size")), size, sizeof(size));
+		fmt_epoch(json_object_get(b, "finished"), fin, sizeof(fin));
+		printf("%-14s %-16s %-26s %-8s %-10s %-21s %-9s %s%s%s\n", str(b, "database", "?"),
+		       str(b, "job", "?"), str(b, "id", "?"), str(b, "tier", "?"), size, fin,
+		       vr == NULL ? "never" : vr, str(b, "status", "?"),
+		       json_is_true(json_object_get(b, "encrypted")) ? ", encrypted" : "",
+		       vr != NULL && strcmp(vr, "ok") != 0 && str(b, "verify_cause", NULL) ? "" : "");
+		if (vr != NULL && strcmp(vr, "ok") != 0 && str(b, "verify_cause", NULL) != NULL)
+			printf("    verification failed: %s\n", str(b, "verify_cause", ""));
+	}
+}
+
+static void
+print_prune(json_t *d)
+{
+	json_t *list = json_object_get(d, "backups");
+	bool dry = json_is_true(json_object_get(d, "dry_run"));
+	size_t i, n = 0;
+	json_t *b;
+
+	printf("%-14s %-16s %-26s %s\n", "DATABASE", "JOB", "ID", dry ? "WOULD" : "DONE");
+	json_array_foreach(list, i, b)
+	{
+		const char *v = str(b, "verdict", "?");
+		bool del = strcmp(v, "delete") == 0;
+		n += del;
+		printf("%-14s %-16s %-26s %s\n", str(b, "database", "?"), str(b, "job", "?"),
+		       str(b, "id", "?"),
+		       del ? (dry                                           ? "delete"
+		              : json_is_true(json_object_get(b, "deleted")) ? "deleted"
+		                                                            : "NOT deleted")
+		           : v);
+	}
+	printf("%zu backup(s) %s\n", n, dry ? "would be deleted" : "deleted");
+}
+
+/* ---- offline: decrypt, verify-file ---- */
+
+/* --key-file options, any number: the first is tried like any other (fingerprints decide). */
+static struct pv_crypto_keyring *
+keyring_from_args(int argc, char **argv, int *first_arg, struct pv_error *err)
+{
+	static const struct option opts[] = {{"key-file", required_argument, NULL, 'k'}, {NULL, 0, NULL, 0}};
+	struct pv_crypto_keyring *ring = pv_crypto_keyring_new();
+	int opt;
+
+	optind = 0;
+	while ((opt = getopt_long(argc, argv, "k:", opts, NULL)) != -1) {
+		struct pv_crypto_key *key;
+		if (opt != 'k') {
+			pv_crypto_keyring_free(ring);
+			pv_error_set(err, PV_ERR_USAGE, "unknown option");
+			return NULL;
+		}
+		key = pv_crypto_key_load(optarg, err);
+		if (key == NULL) {
+			pv_crypto_keyring_free(ring);
+			return NULL;
+		}
+		pv_crypto_keyring_add(ring, key, false);
+	}
+	*first_arg = optind;
+	return ring;
+}
+
+static int
+cmd_decrypt(int argc, char **argv)
+{
+	struct pv_store_reader_opts ro = {0};
+	struct pv_store_result res;
+	struct pv_crypto_keyring *ring;
+	struct pv_error err;
+	int first;
+
+	ring = keyring_from_args(argc, argv, &first, &err);
+	if (ring == NULL || first != argc - 1) {
+		fprintf(stderr, "%s%s%susage: pgvigilctl decrypt FILE [--key-file KEY]... > archive\n",
+		        ring == NULL ? "pgvigilctl: decrypt: " : "", ring == NULL ? err.msg : "",
+		        ring == NULL ? "\n" : "");
+		pv_crypto_keyring_free(ring);
+		return ring == NULL && err.code != PV_ERR_USAGE ? EXIT_FAILED : EXIT_USAGE;
+	}
+	if (isatty(STDOUT_FILENO)) {
+		fprintf(stderr, "pgvigilctl: decrypt: refusing to write an archive to a terminal: redirect "
+		                "stdout, e.g. "
+		                "| pg_restore -d DB\n");
+		pv_crypto_keyring_free(ring);
+		return EXIT_USAGE;
+	}
+	ro.path = argv[first];
+	ro.ring = ring;
+	ro.out_fd = dup(STDOUT_FILENO);
+	if (!pv_store_read_file(&ro, &res)) {
+		fprintf(stderr, "pgvigilctl: decrypt: %s: %s\n", argv[first], res.error.msg);
+		pv_crypto_keyring_free(ring);
+		return EXIT_FAILED;
+	}
+	fprintf(stderr, "pgvigilctl: decrypt: %s: %llu archive bytes written, sha256 of the stored file %s\n",
+	        argv[first], (unsigned long long)res.bytes_in, res.sha256);
+	pv_crypto_keyring_free(ring);
+	return EXIT_OK;
+}
+
+static int
+cmd_verify_file(int argc, char **argv)
+{
+	struct pv_crypto_keyring *ring;
+	struct pv_error err;
+	json_t *m, *files, *f;
+	const char *key;
+	int first, rc = EXIT_OK;
+
+	ring = keyring_from_args(argc, argv, &first, &err);
+	if (ring == NULL || first != argc - 1) {
+		fprintf(stderr, "%s%s%susage: pgvigilctl verify-file DIR [--key-file KEY]...\n",
+		        ring == NULL ? "pgvigilctl: verify-file: " : "", ring == NULL ? err.msg : "",
+		        ring == NULL ? "\n" : "");
+		pv_crypto_keyring_free(ring);
+		return ring == NULL && err.code != PV_ERR_USAGE ? EXIT_FAILED : EXIT_USAGE;
+	}
+	m = pv_store_manifest_read(argv[first], &err);
+	if (m == NULL) {
+		fprintf(stderr, "pgvigilctl: verify-file: %s\n", err.msg);
+		pv_crypto_keyring_free(ring);
+		return EXIT_FAILED;
+	}
+	printf("backup %s/%s/%s (tier %s, finished %s)\n", str(m, "database", "?"), str(m, "job", "?"),
+	       str(m, "id", "?"), str(m, "tier", "?"), str(m, "finished", "?"));
+	/* The dump, then the schema-only copy if there is one: the same fields in both. */
+	files = json_pack("{s:O}", "dump", m);
+	if (json_is_object(json_object_get(m, "schema_copy")))
+		json_object_set(files, "schema", json_object_get(m, "schema_copy"));
+	json_object_foreach(files, key, f)
+	{
+		struct pv_store_reader_opts ro = {0};
+		struct pv_store_result res;
+		char *path = pv_asprintf("%s/%s", argv[first], str(f, "file", "?"));
+
+		ro.path = path;
+		ro.ring = ring;
+		ro.out_fd = -1;
+		ro.expect_sha256 = str(f, "sha256", NULL);
+		if (pv_store_read_file(&ro, &res) &&
+		    (json_integer_value(json_object_get(f, "size")) == (json_int_t)res.bytes_out)) {
+			printf("  %-8s %-18s ok: %llu bytes, sha256 %s, archive %llu bytes\n", key,
+			       str(f, "file", "?"), (unsigned long long)res.bytes_out, res.sha256,
+			       (unsigned long long)res.bytes_in);
+		} else {
+			printf("  %-8s %-18s FAILED: %s\n", key, str(f, "file", "?"),
+			       res.ok ? "size differs from the manifest" : res.error.msg);
+			rc = EXIT_FAILED;
+		}
+		free(path);
+	}
+	json_decref(files);
+	json_decref(m);
+	pv_crypto_keyring_free(ring);
+	printf("%s\n", rc == EXIT_OK ? "verified: the files match the manifest and read completely"
+	                             : "verification FAILED");
+	return rc;
+}
+
 /* ---- offline: schedule ---- */
 
 static bool
@@ -411,6 +627,10 @@ main(int argc, char **argv)
 
 	if (strcmp(cmd, "schedule") == 0)
 		return cmd_schedule(argc, argv);
+	if (strcmp(cmd, "decrypt") == 0)
+		return cmd_decrypt(argc, argv);
+	if (strcmp(cmd, "verify-file") == 0)
+		return cmd_verify_file(argc, argv);
 
 	if (strcmp(cmd, "status") == 0 || strcmp(cmd, "jobs") == 0 || strcmp(cmd, "reload") == 0) {
 		if (argc != 1) {
@@ -424,6 +644,27 @@ main(int argc, char **argv)
 			return EXIT_USAGE;
 		}
 		req = pv_ctl_request_new("run", json_pack("{s:s}", "job", argv[1]));
+	} else if (strcmp(cmd, "backups") == 0) {
+		if (argc > 2) {
+			fprintf(stderr, "usage: pgvigilctl backups [DATABASE]\n");
+			return EXIT_USAGE;
+		}
+		req = pv_ctl_request_new("backups",
+		                         argc == 2 ? json_pack("{s:s}", "database", argv[1]) : NULL);
+	} else if (strcmp(cmd, "verify") == 0) {
+		if (argc != 2) {
+			fprintf(stderr, "usage: pgvigilctl verify BACKUP_ID\n");
+			return EXIT_USAGE;
+		}
+		cli.no_timeout = true;
+		req = pv_ctl_request_new("verify", json_pack("{s:s}", "backup", argv[1]));
+	} else if (strcmp(cmd, "prune") == 0) {
+		bool dry = argc == 2 && strcmp(argv[1], "--dry-run") == 0;
+		if (argc > 2 || (argc == 2 && !dry)) {
+			fprintf(stderr, "usage: pgvigilctl prune [--dry-run]\n");
+			return EXIT_USAGE;
+		}
+		req = pv_ctl_request_new("prune", json_pack("{s:b}", "dry_run", dry));
 	} else {
 		fprintf(stderr, "pgvigilctl: unknown command \"%s\"\n", cmd);
 		usage(stderr);
@@ -431,7 +672,9 @@ main(int argc, char **argv)
 	}
 
 	rc = request(&cli, req, &resp, &data);
-	if (rc == EXIT_OK) {
+	if (rc == EXIT_OK && strcmp(cmd, "verify") == 0 && !json_is_true(json_object_get(data, "ok")))
+		rc = EXIT_FAILED; /* the command worked, the backup did not */
+	if (rc == EXIT_OK || (rc == EXIT_FAILED && data != NULL)) {
 		if (cli.json) {
 			json_dumpf(data, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
 			fputc('\n', stdout);
@@ -444,6 +687,19 @@ main(int argc, char **argv)
 			       (long long)json_integer_value(json_object_get(data, "run")));
 		} else if (strcmp(cmd, "reload") == 0) {
 			printf("configuration reloaded\n");
+		} else if (strcmp(cmd, "backups") == 0) {
+			print_backups(data);
+		} else if (strcmp(cmd, "prune") == 0) {
+			print_prune(data);
+		} else if (strcmp(cmd, "verify") == 0) {
+			if (json_is_true(json_object_get(data, "ok"))) {
+				printf("verified %s/%s/%s in %.1fs\n", str(data, "database", "?"),
+				       str(data, "job", "?"), str(data, "id", "?"),
+				       json_number_value(json_object_get(data, "seconds")));
+			} else {
+				printf("verification FAILED for %s/%s/%s: %s\n", str(data, "database", "?"),
+				       str(data, "job", "?"), str(data, "id", "?"), str(data, "cause", "?"));
+			}
 		}
 	}
 	json_decref(resp);

@@ -37,6 +37,13 @@ struct conn {
 	struct pv_ctl_peer peer;
 	struct conn *next;
 	bool closing;
+	bool close_after_call;       /* the client half-closed while a call was pending */
+	struct pv_ctl_call *pending; /* an asynchronous command in progress */
+};
+
+struct pv_ctl_call {
+	struct conn *conn; /* NULL once the connection is gone */
+	struct pv_ctl_peer peer;
 };
 
 struct pv_ctl_server {
@@ -50,11 +57,17 @@ struct pv_ctl_server {
 	int nconns;
 };
 
+static void read_cb(struct bufferevent *bev, void *arg);
+static void close_after_write(struct conn *c);
+
 static void
 conn_free(struct conn *c)
 {
 	struct pv_ctl_server *srv = c->srv;
 	struct conn **pp;
+
+	if (c->pending != NULL)
+		c->pending->conn = NULL; /* its answer will be dropped */
 
 	for (pp = &srv->conns; *pp != NULL; pp = &(*pp)->next) {
 		if (*pp == c) {
@@ -140,6 +153,17 @@ dispatch(struct conn *c, const char *line, size_t len)
 		pv_log_notice("control command cmd=%s uid=%d pid=%d", cmd->name, (int)c->peer.uid,
 		              (int)c->peer.pid);
 	}
+	if (cmd->async != NULL) {
+		struct pv_ctl_call *call = pv_calloc(1, sizeof(*call));
+		call->conn = c;
+		call->peer = c->peer;
+		c->pending = call;
+		/* Answers keep request order: read nothing more until this one is answered. */
+		bufferevent_disable(c->bev, EV_READ);
+		cmd->async(c->srv->ctx, call, args);
+		json_decref(req);
+		return;
+	}
 	if (cmd->handler(c->srv->ctx, &c->peer, args, &data, &err))
 		send_json(c, pv_ctl_response_ok(data));
 	else
@@ -167,11 +191,14 @@ read_cb(struct bufferevent *bev, void *arg)
 
 	if (c->closing)
 		return;
-	while (n < MAX_REQUESTS_PER_READ && (line = evbuffer_readln(in, &len, EVBUFFER_EOL_LF)) != NULL) {
+	while (n < MAX_REQUESTS_PER_READ && c->pending == NULL &&
+	       (line = evbuffer_readln(in, &len, EVBUFFER_EOL_LF)) != NULL) {
 		dispatch(c, line, len);
 		free(line);
 		n++;
 	}
+	if (c->pending != NULL)
+		return;
 	if (evbuffer_get_length(in) > PV_CTL_MAX_LINE &&
 	    evbuffer_search_eol(in, NULL, NULL, EVBUFFER_EOL_LF).pos < 0) {
 		send_error(c, PV_ERR_USAGE, "request line too long");
@@ -198,7 +225,7 @@ write_cb(struct bufferevent *bev, void *arg)
 		return;
 	}
 	/* Output drained: resume reading, and answer what arrived meanwhile. */
-	if (!(bufferevent_get_enabled(bev) & EV_READ)) {
+	if (c->pending == NULL && !(bufferevent_get_enabled(bev) & EV_READ)) {
 		bufferevent_enable(bev, EV_READ);
 		if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
 			bufferevent_trigger(bev, EV_READ, BEV_TRIG_DEFER_CALLBACKS);
@@ -217,9 +244,20 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 		char *line;
 		size_t len;
 
-		while (!c->closing && (line = evbuffer_readln(in, &len, EVBUFFER_EOL_LF)) != NULL) {
+		if (c->pending != NULL) {
+			/* Answer the call in progress first; pv_ctl_call_done closes afterwards. */
+			c->close_after_call = true;
+			bufferevent_disable(bev, EV_READ);
+			return;
+		}
+		while (!c->closing && c->pending == NULL &&
+		       (line = evbuffer_readln(in, &len, EVBUFFER_EOL_LF)) != NULL) {
 			dispatch(c, line, len);
 			free(line);
+		}
+		if (c->pending != NULL) {
+			c->close_after_call = true;
+			return;
 		}
 		len = evbuffer_get_length(in);
 		if (!c->closing && len > 0 && len <= PV_CTL_MAX_LINE) {
@@ -351,6 +389,41 @@ pv_ctl_server_new(struct event_base *base, const char *path, const struct pv_ctl
 	}
 	chmod(path, 0666);
 	return srv;
+}
+
+const struct pv_ctl_peer *
+pv_ctl_call_peer(const struct pv_ctl_call *call)
+{
+	return &call->peer;
+}
+
+bool
+pv_ctl_call_connected(const struct pv_ctl_call *call)
+{
+	return call->conn != NULL;
+}
+
+void
+pv_ctl_call_done(struct pv_ctl_call *call, json_t *data, const struct pv_error *err)
+{
+	struct conn *c = call->conn;
+
+	free(call);
+	if (c == NULL) {
+		json_decref(data);
+		return;
+	}
+	c->pending = NULL;
+	send_json(c, err == NULL ? pv_ctl_response_ok(data) : pv_ctl_response_error(err));
+	if (err != NULL)
+		json_decref(data);
+	if (c->close_after_call) {
+		close_after_write(c);
+		return;
+	}
+	bufferevent_enable(c->bev, EV_READ);
+	if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
+		bufferevent_trigger(c->bev, EV_READ, BEV_TRIG_DEFER_CALLBACKS);
 }
 
 void

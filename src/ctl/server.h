@@ -25,11 +25,23 @@ struct pv_ctl_peer {
 typedef bool (*pv_ctl_handler)(void *ctx, const struct pv_ctl_peer *peer, json_t *args, json_t **data,
                                struct pv_error *err);
 
+/* A request answered later (verify, restore): the handler keeps `call` and finishes it exactly
+ * once with pv_ctl_call_done(). The connection reads no further request meanwhile. */
+struct pv_ctl_call;
+typedef void (*pv_ctl_async_handler)(void *ctx, struct pv_ctl_call *call, json_t *args);
+
 struct pv_ctl_command {
 	const char *name;
 	bool mutating; /* admins only; logged with the peer's uid */
 	pv_ctl_handler handler;
+	pv_ctl_async_handler async; /* instead of handler */
 };
+
+const struct pv_ctl_peer *pv_ctl_call_peer(const struct pv_ctl_call *call);
+/* False once the client has gone away (the answer would be dropped): work may stop early. */
+bool pv_ctl_call_connected(const struct pv_ctl_call *call);
+/* Answer: data (stolen, may be NULL) when err is NULL, else the error. Frees the call. */
+void pv_ctl_call_done(struct pv_ctl_call *call, json_t *data, const struct pv_error *err);
 
 /* Decides whether a peer is an admin (called per connection). */
 typedef bool (*pv_ctl_admin_fn)(void *ctx, uid_t uid, gid_t gid);

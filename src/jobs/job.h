@@ -59,6 +59,8 @@ struct pv_job_ops {
 	bool (*start)(struct pv_job_run *run);
 	/* Ask a started run to stop soon; it still calls pv_job_run_finish(). */
 	void (*cancel)(struct pv_job_run *run);
+	/* Optional: bytes processed so far, for `pgvigilctl jobs`. */
+	uint64_t (*progress)(const struct pv_job_run *run);
 };
 
 /* The implementation of a type, or NULL when that type is not available in this build yet. */

@@ -52,4 +52,73 @@ struct pv_pg_health_op *pv_pg_health_start(struct event_base *base, struct evdns
 /* Abort; cb is not called. */
 void pv_pg_health_cancel(struct pv_pg_health_op *op);
 
+/*
+ * Consistent snapshot for a backup (see snapshot.c). begin connects, checks that the session is
+ * not multiplexed by a transaction-mode pooler, pins output settings (TimeZone, DateStyle, ...)
+ * and opens BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY, then exports the snapshot for
+ * `pg_dump --snapshot`. cb runs once, from the loop. On failure the snapshot has been freed
+ * before cb runs and cb gets snap == NULL; on success the caller ends it with
+ * pv_pg_snapshot_end (which may also cancel it while it starts). Returns NULL (err filled, cb
+ * never called) only when the request cannot even be made (bad conninfo or name, no event).
+ * opts->timeout is the deadline of every step: the connect and each statement.
+ * Names in opts lists follow SQL identifier rules like pg_dump's -n/-N/-t patterns without
+ * wildcards: unquoted letters fold to lower case, "Quoted" names keep their case; a table name
+ * may be schema-qualified. An unqualified table name means the table the role's default
+ * search_path finds (pg_dump's rule for --exclude-table-data); a critical table is also looked up
+ * in the `schemas` filter, in its order.
+ */
+#include <jansson.h>
+
+struct pv_strv;
+struct pv_pg_snapshot;
+struct pv_pg_snapshot_opts {
+	const char *conninfo;
+	const char *password; /* may be NULL */
+	double timeout;       /* per step deadline, seconds */
+	/* config lists; each may be NULL or empty */
+	const struct pv_strv *schemas, *exclude_schemas, *exclude_table_data, *critical_tables;
+};
+typedef void (*pv_pg_snapshot_cb)(struct pv_pg_snapshot *snap, bool ok, const struct pv_error *err,
+                                  void *arg);
+struct pv_pg_snapshot *pv_pg_snapshot_begin(struct event_base *base, struct evdns_base *dns,
+                                            const struct pv_pg_snapshot_opts *opts, pv_pg_snapshot_cb cb,
+                                            void *arg, struct pv_error *err);
+const char *pv_pg_snapshot_id(const struct pv_pg_snapshot *snap); /* for pg_dump --snapshot; NULL before */
+int pv_pg_snapshot_server_version(const struct pv_pg_snapshot *snap);             /* server_version_num */
+const char *pv_pg_snapshot_server_version_str(const struct pv_pg_snapshot *snap); /* "15.18 (Debian ...)" */
+
+/*
+ * The expected values, computed in the exported snapshot (so they describe exactly what pg_dump
+ * --snapshot dumps). The JSON layout ("pgvigil-rowhash-v1") is documented at the top of snapshot.c;
+ * the manifest stores it verbatim under "expected". expected is a new reference the callee owns,
+ * NULL on error. A query error aborts the transaction (PostgreSQL then discards the exported
+ * snapshot) and a deadline closes the connection: either way the snapshot is unusable afterwards
+ * and the backup must fail. Returns false (err filled, cb never called) when the snapshot is not
+ * ready or busy. cb may call pv_pg_snapshot_end.
+ */
+typedef void (*pv_pg_expect_cb)(struct pv_pg_snapshot *snap, json_t *expected, const struct pv_error *err,
+                                void *arg);
+bool pv_pg_snapshot_expect(struct pv_pg_snapshot *snap, pv_pg_expect_cb cb, void *arg, struct pv_error *err);
+/* Close the connection, which ends the transaction (and the exported snapshot). Safe at any time:
+ * an operation in flight is abandoned and its callback never runs. NULL is a no-op. */
+void pv_pg_snapshot_end(struct pv_pg_snapshot *snap);
+
+/*
+ * The same figures on a restored copy (restoration probe): a plain connection, the same session
+ * settings and the same queries, every step under `timeout`. expected (only read during this call)
+ * says which critical tables to hash; every table present is listed and counted, so missing and
+ * extra tables both show. A critical table that is missing gets a JSON null hash. measured has the
+ * same shape as expected ("data_excluded" is copied from expected) so that equal copies compare
+ * equal with json_equal. The op is freed before cb runs. Returns NULL (err filled, cb never
+ * called) when the request cannot be made or expected is malformed.
+ */
+struct pv_pg_measure_op;
+typedef void (*pv_pg_measure_cb)(json_t *measured, const struct pv_error *err, void *arg);
+struct pv_pg_measure_op *pv_pg_measure_start(struct event_base *base, struct evdns_base *dns,
+                                             const char *conninfo, const char *password, double timeout,
+                                             const json_t *expected, pv_pg_measure_cb cb, void *arg,
+                                             struct pv_error *err);
+/* Abort; cb is not called. NULL is a no-op. */
+void pv_pg_measure_cancel(struct pv_pg_measure_op *op);
+
 #endif

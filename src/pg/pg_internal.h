@@ -33,4 +33,19 @@ const char *pv_pg_resolved_hostaddr(const struct pv_pg_conn *conn);
 /* Monotonic seconds (src/pg/ must not depend on src/jobs/ for its clock). */
 double pv_pg_now(void);
 
+/*
+ * Snapshot helpers (snapshot.c), pure so they can be tested without a server.
+ * pv_pg_session_check: pg_backend_pid() seen in two separate transactions of one connection;
+ * different pids mean a transaction-mode pooler hands each transaction to another server backend,
+ * where an exported snapshot cannot serve a backup. Fills err (PV_ERR_PG_CONNECT, with a HINT).
+ */
+bool pv_pg_session_check(int pid_first, int pid_second, struct pv_error *err);
+/*
+ * Split a possibly qualified SQL name ("public.users", "\"My Schema\".t") into at most max parts
+ * with identifier rules: surrounding spaces ignored, unquoted ASCII letters folded to lower case,
+ * "" inside quotes is one quote. parts[] get malloc'ed strings; *n the count. False (err filled,
+ * nothing allocated) for an empty part, an unterminated quote or too many parts.
+ */
+bool pv_pg_name_split(const char *s, size_t max, char **parts, size_t *n, struct pv_error *err);
+
 #endif

@@ -1,4 +1,5 @@
-/* Persistent state in SQLite: opening, migrations, and the queries for runs, scheduling and kv. */
+/* Persistent state in SQLite: opening, migrations, and the queries for runs, scheduling, kv and the
+ * backup catalog with its verification ledger. */
 #include "state/state.h"
 
 #include <errno.h>
@@ -45,6 +46,49 @@ static const char *const migrations[] = {
         "CREATE INDEX runs_job_id ON runs (job, id);\n"
         "CREATE TABLE sched (job TEXT PRIMARY KEY, last_slot INTEGER NOT NULL) WITHOUT ROWID;\n"
         "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;\n",
+        /*
+         * 2: backup catalog and verification ledger. A backup id is unique only within its database/job.
+         * run_id has no foreign key: run history may be trimmed while the backup it made is kept.
+         * The ledger has none either: it outlives the backups it describes.
+         */
+        "CREATE TABLE backups (\n"
+        "	\"database\" TEXT NOT NULL,\n"
+        "	job TEXT NOT NULL,\n"
+        "	id TEXT NOT NULL,\n"
+        "	tier TEXT NOT NULL,\n"
+        "	dir TEXT NOT NULL,\n"
+        "	run_id INTEGER,\n"
+        "	started INTEGER NOT NULL,\n"
+        "	finished INTEGER NOT NULL,\n"
+        "	duration REAL NOT NULL,\n"
+        "	size INTEGER NOT NULL,\n"
+        "	archive_size INTEGER NOT NULL,\n"
+        "	sha256 TEXT NOT NULL,\n"
+        "	format TEXT NOT NULL CHECK (format IN ('zst', 'zst.enc', 'none')),\n"
+        "	key_fingerprint TEXT,\n"
+        "	schema_copy INTEGER NOT NULL DEFAULT 0 CHECK (schema_copy IN (0, 1)),\n"
+        "	status TEXT NOT NULL DEFAULT 'ok' CHECK (status IN ('ok', 'missing', 'changed', "
+        "'unreadable')),\n"
+        "	verified_at INTEGER,\n"
+        "	verify_result TEXT CHECK (verify_result IN ('ok', 'failed')),\n"
+        "	verify_cause TEXT,\n"
+        "	verify_count INTEGER NOT NULL DEFAULT 0,\n"
+        "	in_use INTEGER NOT NULL DEFAULT 0 CHECK (in_use >= 0),\n"
+        "	PRIMARY KEY (\"database\", job, id)\n"
+        ") WITHOUT ROWID;\n"
+        "CREATE INDEX backups_finished ON backups (\"database\", job, finished);\n"
+        "CREATE INDEX backups_id ON backups (id);\n"
+        "CREATE TABLE verifications (\n"
+        "	id INTEGER PRIMARY KEY AUTOINCREMENT,\n"
+        "	\"database\" TEXT NOT NULL,\n"
+        "	job TEXT NOT NULL,\n"
+        "	backup_id TEXT NOT NULL,\n"
+        "	at INTEGER NOT NULL,\n"
+        "	duration REAL NOT NULL,\n"
+        "	result TEXT NOT NULL CHECK (result IN ('ok', 'failed')),\n"
+        "	cause TEXT\n"
+        ");\n"
+        "CREATE INDEX verifications_backup ON verifications (\"database\", job, backup_id, at);\n",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -52,6 +96,14 @@ static const char *const migrations[] = {
 #define RUN_COLUMNS                                                                                          \
 	"id, job, type, \"database\", \"trigger\", scheduled_for, started, finished, duration, "             \
 	"result, cause, figures"
+
+#define BACKUP_COLUMNS                                                                                       \
+	"\"database\", job, id, tier, dir, run_id, started, finished, duration, size, archive_size, "        \
+	"sha256, format, key_fingerprint, schema_copy, status, verified_at, verify_result, verify_cause, "   \
+	"verify_count, in_use"
+
+/* Ties on finish time broken by key, so listings are stable. */
+#define BACKUP_NEWEST_FIRST " ORDER BY finished DESC, id DESC, \"database\", job"
 
 enum stmt_id {
 	STMT_RUN_BEGIN,
@@ -67,6 +119,24 @@ enum stmt_id {
 	STMT_SCHED_SET,
 	STMT_KV_GET,
 	STMT_KV_SET,
+	STMT_BEGIN,
+	STMT_COMMIT,
+	STMT_ROLLBACK,
+	STMT_BACKUP_ADD,
+	STMT_BACKUP_VERIFIED,
+	STMT_VERIFICATION_ADD,
+	STMT_BACKUP_SET_STATUS,
+	STMT_BACKUP_USE,
+	STMT_BACKUP_USE_CLAMP,
+	STMT_BACKUP_DELETE,
+	STMT_BACKUP_IN_USE,
+	STMT_BACKUPS_LIST_DB_JOB,
+	STMT_BACKUPS_LIST_ANY,
+	STMT_BACKUP_GET,
+	STMT_BACKUP_FIND_ID,
+	STMT_BACKUP_NEWEST_VERIFIED,
+	STMT_BACKUPS_TO_VERIFY,
+	STMT_VERIFICATIONS_LIST,
 	STMT_COUNT
 };
 
@@ -93,6 +163,52 @@ static const char *const stmt_sql[STMT_COUNT] = {
         [STMT_KV_GET] = "SELECT value FROM kv WHERE key = ?1",
         [STMT_KV_SET] = "INSERT INTO kv (key, value) VALUES (?1, ?2) "
                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        /* IMMEDIATE takes the write lock up front, so a multi-statement change never fails half-way
+         * on a lock upgrade. */
+        [STMT_BEGIN] = "BEGIN IMMEDIATE",
+        [STMT_COMMIT] = "COMMIT",
+        [STMT_ROLLBACK] = "ROLLBACK",
+        [STMT_BACKUP_ADD] =
+                "INSERT INTO backups (" BACKUP_COLUMNS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
+                "?9, ?10, ?11, ?12, ?13, ?14, ?15, coalesce(?16, 'ok'), ?17, ?18, ?19, ?20, 0)",
+        [STMT_BACKUP_VERIFIED] =
+                "UPDATE backups SET verified_at = ?4, verify_result = ?5, verify_cause = ?6, "
+                "verify_count = verify_count + 1 "
+                "WHERE \"database\" = ?1 AND job = ?2 AND id = ?3",
+        [STMT_VERIFICATION_ADD] = "INSERT INTO verifications (\"database\", job, backup_id, at, duration, "
+                                  "result, cause) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        [STMT_BACKUP_SET_STATUS] =
+                "UPDATE backups SET status = ?4 WHERE \"database\" = ?1 AND job = ?2 AND id = ?3",
+        /* A release without a matching use is a bookkeeping bug: the first statement refuses to go below 0,
+         * so the caller can log it, and the second clamps. */
+        [STMT_BACKUP_USE] = "UPDATE backups SET in_use = in_use + ?4 "
+                            "WHERE \"database\" = ?1 AND job = ?2 AND id = ?3 AND in_use + ?4 >= 0",
+        [STMT_BACKUP_USE_CLAMP] = "UPDATE backups SET in_use = max(0, in_use + ?4) "
+                                  "WHERE \"database\" = ?1 AND job = ?2 AND id = ?3",
+        /* "in_use = 0" in the same statement: nothing can start using it between a check and the delete. */
+        [STMT_BACKUP_DELETE] =
+                "DELETE FROM backups WHERE \"database\" = ?1 AND job = ?2 AND id = ?3 AND in_use = 0",
+        [STMT_BACKUP_IN_USE] = "SELECT in_use FROM backups WHERE \"database\" = ?1 AND job = ?2 AND id = ?3",
+        /* With both given the (database, job, finished) index serves the order; otherwise a scan of a
+         * catalog of at most a few thousand rows. */
+        [STMT_BACKUPS_LIST_DB_JOB] = "SELECT " BACKUP_COLUMNS " FROM backups WHERE \"database\" = ?1 AND "
+                                     "job = ?2" BACKUP_NEWEST_FIRST,
+        [STMT_BACKUPS_LIST_ANY] =
+                "SELECT " BACKUP_COLUMNS " FROM backups WHERE (?1 IS NULL OR \"database\" = "
+                "?1) AND (?2 IS NULL OR job = ?2)" BACKUP_NEWEST_FIRST,
+        [STMT_BACKUP_GET] =
+                "SELECT " BACKUP_COLUMNS " FROM backups WHERE \"database\" = ?1 AND job = ?2 AND id = ?3",
+        [STMT_BACKUP_FIND_ID] =
+                "SELECT " BACKUP_COLUMNS " FROM backups WHERE id = ?1 ORDER BY \"database\", job",
+        [STMT_BACKUP_NEWEST_VERIFIED] =
+                "SELECT " BACKUP_COLUMNS " FROM backups WHERE \"database\" = ?1 AND (?2 IS NULL OR job = ?2) "
+                "AND verify_result = 'ok' AND status = 'ok'" BACKUP_NEWEST_FIRST " LIMIT 1",
+        [STMT_BACKUPS_TO_VERIFY] = "SELECT " BACKUP_COLUMNS " FROM backups WHERE status <> 'missing' "
+                                   "ORDER BY verified_at IS NOT NULL, verified_at, finished, "
+                                   "\"database\", job, id LIMIT ?1",
+        [STMT_VERIFICATIONS_LIST] = "SELECT id, at, duration, result, cause FROM verifications "
+                                    "WHERE \"database\" = ?1 AND job = ?2 AND backup_id = ?3 "
+                                    "ORDER BY at DESC, id DESC LIMIT ?4",
 };
 
 struct pv_state {
@@ -418,6 +534,22 @@ mark_interrupted(struct pv_state *st, struct pv_error *err)
 	return true;
 }
 
+/* in_use counts verifies, probes and restores of this daemon; none survives a restart. */
+static bool
+release_in_use(struct pv_state *st, struct pv_error *err)
+{
+	char doing[512];
+	int n;
+
+	snprintf(doing, sizeof(doing), "releasing backups left in use in %s", st->path);
+	if (!exec(st->db, "UPDATE backups SET in_use = 0 WHERE in_use <> 0", doing, err))
+		return false;
+	n = sqlite3_changes(st->db);
+	if (n > 0)
+		pv_log_warn("backups left in use by a previous daemon released count=%d", n);
+	return true;
+}
+
 int
 pv_state_schema_latest(void)
 {
@@ -448,7 +580,7 @@ pv_state_open(const char *path, struct pv_state **out, struct pv_error *err)
 	sqlite3_extended_result_codes(st->db, 1);
 	sqlite3_busy_timeout(st->db, STATE_BUSY_TIMEOUT_MS);
 	if (!check_identity(st, err) || !configure(st, err) || !migrate(st, err) ||
-	    !mark_interrupted(st, err))
+	    !mark_interrupted(st, err) || !release_in_use(st, err))
 		goto fail;
 	*out = st;
 	return true;
@@ -760,4 +892,584 @@ pv_state_kv_set(struct pv_state *st, const char *key, const char *value, struct 
 	if (rc != SQLITE_OK)
 		return stmt_fail(st, s, doing, err);
 	return step_write(st, s, doing, err);
+}
+
+/* Backup catalog and verification ledger. */
+
+/* For messages: a key part the caller left NULL (a bug SQLite will also refuse) still prints. */
+static const char *
+str_or_none(const char *s)
+{
+	return s != NULL ? s : "(none)";
+}
+
+static void
+bind_double(sqlite3_stmt *s, int i, double v, int *rc)
+{
+	if (*rc == SQLITE_OK)
+		*rc = sqlite3_bind_double(s, i, v);
+}
+
+/* 0 means "none" for ids, as for times. */
+static void
+bind_id(sqlite3_stmt *s, int i, int64_t v, int *rc)
+{
+	if (*rc != SQLITE_OK)
+		return;
+	*rc = v == 0 ? sqlite3_bind_null(s, i) : sqlite3_bind_int64(s, i, v);
+}
+
+/* Parameters 1-3 of every statement addressing one backup. */
+static void
+bind_key(sqlite3_stmt *s, const char *database, const char *job, const char *id, int *rc)
+{
+	bind_text(s, 1, database, rc);
+	bind_text(s, 2, job, rc);
+	bind_text(s, 3, id, rc);
+}
+
+/* "<doing> DATABASE/JOB/ID: <sqlite's message>", then reset. */
+static bool
+key_fail(struct pv_state *st, sqlite3_stmt *s, const char *doing, const char *database, const char *job,
+         const char *id, struct pv_error *err)
+{
+	db_fail(st->db, err, "%s %s/%s/%s", doing, str_or_none(database), str_or_none(job), str_or_none(id));
+	if (s != NULL)
+		stmt_done(s);
+	return false;
+}
+
+static bool
+not_catalogued(const char *database, const char *job, const char *id, struct pv_error *err)
+{
+	return pv_error_set(err, PV_ERR_NOT_FOUND, "no backup %s/%s/%s catalogued", str_or_none(database),
+	                    str_or_none(job), str_or_none(id));
+}
+
+static void
+read_backup(sqlite3_stmt *s, struct pv_state_backup *b)
+{
+	b->database = col_text(s, 0);
+	b->job = col_text(s, 1);
+	b->id = col_text(s, 2);
+	b->tier = col_text(s, 3);
+	b->dir = col_text(s, 4);
+	b->run_id = sqlite3_column_int64(s, 5);
+	b->started = (time_t)sqlite3_column_int64(s, 6);
+	b->finished = (time_t)sqlite3_column_int64(s, 7);
+	b->duration = sqlite3_column_double(s, 8);
+	b->size = sqlite3_column_int64(s, 9);
+	b->archive_size = sqlite3_column_int64(s, 10);
+	b->sha256 = col_text(s, 11);
+	b->format = col_text(s, 12);
+	b->key_fingerprint = col_text(s, 13);
+	b->schema_copy = sqlite3_column_int64(s, 14) != 0;
+	b->status = col_text(s, 15);
+	b->verified_at = (time_t)sqlite3_column_int64(s, 16);
+	b->verify_result = col_text(s, 17);
+	b->verify_cause = col_text(s, 18);
+	b->verify_count = sqlite3_column_int64(s, 19);
+	b->in_use = sqlite3_column_int64(s, 20);
+}
+
+/* Step a bound SELECT of BACKUP_COLUMNS to the end, collecting every row. */
+static bool
+collect_backups(struct pv_state *st, sqlite3_stmt *s, int rc, const char *doing, struct pv_state_backup **out,
+                size_t *n, struct pv_error *err)
+{
+	struct pv_state_backup *v = NULL;
+	size_t count = 0, cap = 0;
+
+	while (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+		if (count == cap) {
+			cap = cap ? cap * 2 : 16;
+			v = pv_realloc(v, cap * sizeof(*v));
+		}
+		memset(&v[count], 0, sizeof(v[count]));
+		read_backup(s, &v[count++]);
+		rc = SQLITE_OK;
+	}
+	if (rc != SQLITE_DONE) {
+		pv_state_backups_free(v, count);
+		return stmt_fail(st, s, doing, err);
+	}
+	stmt_done(s);
+	*out = v;
+	*n = count;
+	return true;
+}
+
+/*
+ * Explicit transactions, for changes of several statements that must commit together. A failed
+ * statement may already have rolled SQLite back (SQLITE_FULL, I/O errors), hence the autocommit test;
+ * the rollback's own failure is not reported over the error that caused it.
+ */
+static bool
+tx_begin(struct pv_state *st, const char *doing, struct pv_error *err)
+{
+	sqlite3_stmt *s = stmt_get(st, STMT_BEGIN, doing, err);
+
+	return s != NULL && step_write(st, s, doing, err);
+}
+
+static bool
+tx_commit(struct pv_state *st, const char *doing, struct pv_error *err)
+{
+	sqlite3_stmt *s = stmt_get(st, STMT_COMMIT, doing, err);
+
+	return s != NULL && step_write(st, s, doing, err);
+}
+
+static void
+tx_rollback(struct pv_state *st)
+{
+	sqlite3_stmt *s;
+
+	if (sqlite3_get_autocommit(st->db))
+		return;
+	s = stmt_get(st, STMT_ROLLBACK, "rolling back", NULL);
+	if (s == NULL || sqlite3_step(s) != SQLITE_DONE)
+		pv_log_warn("rolling back state transaction failed path=%s error=%s", pv_log_quote(st->path),
+		            pv_log_quote(sqlite3_errmsg(st->db)));
+	if (s != NULL)
+		stmt_done(s);
+}
+
+bool
+pv_state_backup_add(struct pv_state *st, const struct pv_state_backup *b, struct pv_error *err)
+{
+	const char *doing = "recording backup";
+	sqlite3_stmt *s = stmt_get(st, STMT_BACKUP_ADD, doing, err);
+	int rc = SQLITE_OK;
+
+	if (s == NULL)
+		return false;
+	bind_key(s, b->database, b->job, b->id, &rc);
+	bind_text(s, 4, b->tier, &rc);
+	bind_text(s, 5, b->dir, &rc);
+	bind_id(s, 6, b->run_id, &rc);
+	bind_int64(s, 7, (int64_t)b->started, &rc);
+	bind_int64(s, 8, (int64_t)b->finished, &rc);
+	bind_double(s, 9, b->duration, &rc);
+	bind_int64(s, 10, b->size, &rc);
+	bind_int64(s, 11, b->archive_size, &rc);
+	bind_text(s, 12, b->sha256, &rc);
+	bind_text(s, 13, b->format, &rc);
+	bind_text(s, 14, b->key_fingerprint, &rc);
+	bind_int64(s, 15, b->schema_copy ? 1 : 0, &rc);
+	bind_text(s, 16, b->status, &rc);
+	bind_time(s, 17, b->verified_at, &rc);
+	bind_text(s, 18, b->verify_result, &rc);
+	bind_text(s, 19, b->verify_cause, &rc);
+	bind_int64(s, 20, b->verify_count, &rc);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(s);
+	if (rc == SQLITE_DONE) {
+		stmt_done(s);
+		return true;
+	}
+	if (rc == SQLITE_CONSTRAINT_PRIMARYKEY) {
+		stmt_done(s);
+		return pv_error_set(err, PV_ERR_STATE, "%s: backup %s/%s/%s already catalogued", doing,
+		                    str_or_none(b->database), str_or_none(b->job), str_or_none(b->id));
+	}
+	return key_fail(st, s, doing, b->database, b->job, b->id, err);
+}
+
+bool
+pv_state_backup_verified(struct pv_state *st, const char *database, const char *job, const char *id,
+                         time_t at, double duration, bool ok, const char *cause, struct pv_error *err)
+{
+	const char *doing = "recording verification of backup";
+	const char *result = ok ? "ok" : "failed";
+	sqlite3_stmt *s;
+	int rc = SQLITE_OK;
+
+	if (!tx_begin(st, doing, err))
+		return false;
+	s = stmt_get(st, STMT_BACKUP_VERIFIED, doing, err);
+	if (s == NULL)
+		goto rollback;
+	bind_key(s, database, job, id, &rc);
+	bind_int64(s, 4, (int64_t)at, &rc);
+	bind_text(s, 5, result, &rc);
+	bind_text(s, 6, cause, &rc);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(s);
+	if (rc != SQLITE_DONE) {
+		key_fail(st, s, doing, database, job, id, err);
+		goto rollback;
+	}
+	stmt_done(s);
+	if (sqlite3_changes(st->db) == 0) {
+		not_catalogued(database, job, id, err);
+		goto rollback;
+	}
+
+	s = stmt_get(st, STMT_VERIFICATION_ADD, doing, err);
+	if (s == NULL)
+		goto rollback;
+	rc = SQLITE_OK;
+	bind_key(s, database, job, id, &rc);
+	bind_int64(s, 4, (int64_t)at, &rc);
+	bind_double(s, 5, duration, &rc);
+	bind_text(s, 6, result, &rc);
+	bind_text(s, 7, cause, &rc);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(s);
+	if (rc != SQLITE_DONE) {
+		key_fail(st, s, doing, database, job, id, err);
+		goto rollback;
+	}
+	stmt_done(s);
+	if (tx_commit(st, doing, err))
+		return true;
+rollback:
+	tx_rollback(st);
+	return false;
+}
+
+/* Run a bound UPDATE of one backup; NOT_FOUND when it matched no row. */
+static bool
+update_one(struct pv_state *st, sqlite3_stmt *s, int rc, const char *doing, const char *database,
+           const char *job, const char *id, struct pv_error *err)
+{
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(s);
+	if (rc != SQLITE_DONE)
+		return key_fail(st, s, doing, database, job, id, err);
+	stmt_done(s);
+	if (sqlite3_changes(st->db) == 0)
+		return not_catalogued(database, job, id, err);
+	return true;
+}
+
+bool
+pv_state_backup_set_status(struct pv_state *st, const char *database, const char *job, const char *id,
+                           const char *status, struct pv_error *err)
+{
+	const char *doing = "recording status of backup";
+	sqlite3_stmt *s = stmt_get(st, STMT_BACKUP_SET_STATUS, doing, err);
+	int rc = SQLITE_OK;
+
+	if (s == NULL)
+		return false;
+	bind_key(s, database, job, id, &rc);
+	bind_text(s, 4, status, &rc);
+	return update_one(st, s, rc, doing, database, job, id, err);
+}
+
+bool
+pv_state_backup_use(struct pv_state *st, const char *database, const char *job, const char *id, int delta,
+                    struct pv_error *err)
+{
+	const char *doing = "recording use of backup";
+	sqlite3_stmt *s = stmt_get(st, STMT_BACKUP_USE, doing, err);
+	int rc = SQLITE_OK;
+
+	if (s == NULL)
+		return false;
+	bind_key(s, database, job, id, &rc);
+	bind_int64(s, 4, delta, &rc);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(s);
+	if (rc != SQLITE_DONE)
+		return key_fail(st, s, doing, database, job, id, err);
+	stmt_done(s);
+	if (sqlite3_changes(st->db) == 1)
+		return true;
+
+	/* Not catalogued, or the count would go below 0. */
+	s = stmt_get(st, STMT_BACKUP_USE_CLAMP, doing, err);
+	if (s == NULL)
+		return false;
+	rc = SQLITE_OK;
+	bind_key(s, database, job, id, &rc);
+	bind_int64(s, 4, delta, &rc);
+	if (!update_one(st, s, rc, doing, database, job, id, err))
+		return false;
+	pv_log_warn(
+	        "backup released more often than used, in-use count kept at 0 database=%s job=%s backup=%s",
+	        pv_log_quote(database), pv_log_quote(job), pv_log_quote(id));
+	return true;
+}
+
+bool
+pv_state_backup_delete(struct pv_state *st, const char *database, const char *job, const char *id,
+                       struct pv_error *err)
+{
+	const char *doing = "deleting backup";
+	sqlite3_stmt *s = stmt_get(st, STMT_BACKUP_DELETE, doing, err);
+	int rc = SQLITE_OK;
+
+	if (s == NULL)
+		return false;
+	bind_key(s, database, job, id, &rc);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(s);
+	if (rc != SQLITE_DONE)
+		return key_fail(st, s, doing, database, job, id, err);
+	stmt_done(s);
+	if (sqlite3_changes(st->db) == 1)
+		return true;
+
+	/* Nothing deleted: say whether it is missing or in use. */
+	s = stmt_get(st, STMT_BACKUP_IN_USE, doing, err);
+	if (s == NULL)
+		return false;
+	rc = SQLITE_OK;
+	bind_key(s, database, job, id, &rc);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW)
+		pv_error_set(err, PV_ERR_BUSY, "%s %s/%s/%s: in use by %lld verify, probe or restore", doing,
+		             database, job, id, (long long)sqlite3_column_int64(s, 0));
+	else if (rc == SQLITE_DONE)
+		not_catalogued(database, job, id, err);
+	else
+		return key_fail(st, s, doing, database, job, id, err);
+	stmt_done(s);
+	return false;
+}
+
+bool
+pv_state_backups_list(struct pv_state *st, const char *database, const char *job,
+                      struct pv_state_backup **out, size_t *n, struct pv_error *err)
+{
+	const char *doing = "listing backups";
+	bool both = database != NULL && job != NULL;
+	sqlite3_stmt *s;
+	int rc = SQLITE_OK;
+
+	*out = NULL;
+	*n = 0;
+	s = stmt_get(st, both ? STMT_BACKUPS_LIST_DB_JOB : STMT_BACKUPS_LIST_ANY, doing, err);
+	if (s == NULL)
+		return false;
+	bind_text(s, 1, database, &rc);
+	bind_text(s, 2, job, &rc);
+	return collect_backups(st, s, rc, doing, out, n, err);
+}
+
+/* Read the single row of a bound SELECT of BACKUP_COLUMNS; false (err untouched) at SQLITE_DONE. */
+static bool
+read_one_backup(struct pv_state *st, sqlite3_stmt *s, int rc, const char *doing, struct pv_state_backup *out,
+                bool *found, struct pv_error *err)
+{
+	*found = false;
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW) {
+		read_backup(s, out);
+		*found = true;
+	} else if (rc != SQLITE_DONE) {
+		return stmt_fail(st, s, doing, err);
+	}
+	stmt_done(s);
+	return true;
+}
+
+/* "DATABASE/JOB/ID": the id and job are the last two parts, the database may itself contain '/'. */
+static bool
+find_by_key(struct pv_state *st, const char *ref, struct pv_state_backup *out, struct pv_error *err)
+{
+	const char *doing = "finding backup";
+	const char *id = strrchr(ref, '/') + 1;
+	const char *job_end = id - 1, *job = job_end;
+	char *database, *job_copy;
+	sqlite3_stmt *s;
+	bool ok, found = false;
+	int rc = SQLITE_OK;
+
+	while (job > ref && job[-1] != '/')
+		job--;
+	if (job == ref || job - 1 == ref || job == job_end || *id == '\0')
+		return pv_error_set(
+		        err, PV_ERR_USAGE,
+		        "backup reference \"%s\": give ID or DATABASE/JOB/ID, each part non-empty", ref);
+	database = pv_strndup(ref, (size_t)(job - 1 - ref));
+	job_copy = pv_strndup(job, (size_t)(job_end - job));
+	s = stmt_get(st, STMT_BACKUP_GET, doing, err);
+	ok = s != NULL;
+	if (ok) {
+		bind_key(s, database, job_copy, id, &rc);
+		ok = read_one_backup(st, s, rc, doing, out, &found, err);
+	}
+	if (ok && !found)
+		ok = not_catalogued(database, job_copy, id, err);
+	free(database);
+	free(job_copy);
+	return ok;
+}
+
+/* "a", "a and b", "a, b and c" */
+static void
+append_name(char *buf, size_t size, size_t i, size_t total, const char *database, const char *job)
+{
+	size_t len = strlen(buf);
+
+	snprintf(buf + len, size - len, "%s%s/%s",
+	         i == 0           ? ""
+	         : i + 1 == total ? " and "
+	                          : ", ",
+	         database, job);
+}
+
+static bool
+find_by_id(struct pv_state *st, const char *id, struct pv_state_backup *out, struct pv_error *err)
+{
+	const char *doing = "finding backup";
+	struct pv_state_backup *v;
+	char names[PV_ERROR_MSG_MAX] = "";
+	size_t n;
+	sqlite3_stmt *s = stmt_get(st, STMT_BACKUP_FIND_ID, doing, err);
+	int rc = SQLITE_OK;
+
+	if (s == NULL)
+		return false;
+	bind_text(s, 1, id, &rc);
+	if (!collect_backups(st, s, rc, doing, &v, &n, err))
+		return false;
+	if (n == 1) {
+		*out = v[0];
+		free(v);
+		return true;
+	}
+	if (n == 0)
+		return pv_error_set(err, PV_ERR_NOT_FOUND, "no backup %s catalogued", id);
+	for (size_t i = 0; i < n; i++)
+		append_name(names, sizeof(names), i, n, v[i].database, v[i].job);
+	pv_state_backups_free(v, n);
+	return pv_error_set(err, PV_ERR_USAGE, "ambiguous: %s exists for %s; use DATABASE/JOB/ID", id, names);
+}
+
+bool
+pv_state_backup_find(struct pv_state *st, const char *ref, struct pv_state_backup *out, struct pv_error *err)
+{
+	memset(out, 0, sizeof(*out));
+	if (ref == NULL || *ref == '\0')
+		return pv_error_set(err, PV_ERR_USAGE, "no backup given: give ID or DATABASE/JOB/ID");
+	return strchr(ref, '/') != NULL ? find_by_key(st, ref, out, err) : find_by_id(st, ref, out, err);
+}
+
+bool
+pv_state_backup_newest_verified(struct pv_state *st, const char *database, const char *job,
+                                struct pv_state_backup *out, struct pv_error *err)
+{
+	const char *doing = "reading newest verified backup";
+	sqlite3_stmt *s;
+	bool found;
+	int rc = SQLITE_OK;
+
+	memset(out, 0, sizeof(*out));
+	s = stmt_get(st, STMT_BACKUP_NEWEST_VERIFIED, doing, err);
+	if (s == NULL)
+		return false;
+	bind_text(s, 1, database, &rc);
+	bind_text(s, 2, job, &rc);
+	if (!read_one_backup(st, s, rc, doing, out, &found, err))
+		return false;
+	if (!found)
+		return pv_error_set(err, PV_ERR_NOT_FOUND, "no verified backup of database %s%s%s",
+		                    str_or_none(database), job != NULL ? " by job " : "",
+		                    job != NULL ? job : "");
+	return true;
+}
+
+bool
+pv_state_backups_to_verify(struct pv_state *st, int limit, struct pv_state_backup **out, size_t *n,
+                           struct pv_error *err)
+{
+	const char *doing = "listing backups to verify";
+	sqlite3_stmt *s;
+	int rc = SQLITE_OK;
+
+	*out = NULL;
+	*n = 0;
+	s = stmt_get(st, STMT_BACKUPS_TO_VERIFY, doing, err);
+	if (s == NULL)
+		return false;
+	bind_int64(s, 1, limit > 0 ? limit : -1, &rc);
+	return collect_backups(st, s, rc, doing, out, n, err);
+}
+
+bool
+pv_state_verifications_list(struct pv_state *st, const char *database, const char *job, const char *id,
+                            int limit, struct pv_state_verification **out, size_t *n, struct pv_error *err)
+{
+	const char *doing = "listing verifications";
+	struct pv_state_verification *v = NULL;
+	size_t count = 0, cap = 0;
+	sqlite3_stmt *s;
+	int rc = SQLITE_OK;
+
+	*out = NULL;
+	*n = 0;
+	s = stmt_get(st, STMT_VERIFICATIONS_LIST, doing, err);
+	if (s == NULL)
+		return false;
+	bind_key(s, database, job, id, &rc);
+	bind_int64(s, 4, limit > 0 ? limit : -1, &rc);
+	while (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+		if (count == cap) {
+			cap = cap ? cap * 2 : 16;
+			v = pv_realloc(v, cap * sizeof(*v));
+		}
+		v[count].id = sqlite3_column_int64(s, 0);
+		v[count].at = (time_t)sqlite3_column_int64(s, 1);
+		v[count].duration = sqlite3_column_double(s, 2);
+		v[count].result = col_text(s, 3);
+		v[count].cause = col_text(s, 4);
+		count++;
+		rc = SQLITE_OK;
+	}
+	if (rc != SQLITE_DONE) {
+		pv_state_verifications_free(v, count);
+		return key_fail(st, s, doing, database, job, id, err);
+	}
+	stmt_done(s);
+	*out = v;
+	*n = count;
+	return true;
+}
+
+void
+pv_state_backup_clear(struct pv_state_backup *b)
+{
+	if (b == NULL)
+		return;
+	free(b->database);
+	free(b->job);
+	free(b->id);
+	free(b->tier);
+	free(b->dir);
+	free(b->sha256);
+	free(b->format);
+	free(b->key_fingerprint);
+	free(b->status);
+	free(b->verify_result);
+	free(b->verify_cause);
+	memset(b, 0, sizeof(*b));
+}
+
+void
+pv_state_backups_free(struct pv_state_backup *v, size_t n)
+{
+	if (v == NULL)
+		return;
+	for (size_t i = 0; i < n; i++)
+		pv_state_backup_clear(&v[i]);
+	free(v);
+}
+
+void
+pv_state_verifications_free(struct pv_state_verification *v, size_t n)
+{
+	if (v == NULL)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		free(v[i].result);
+		free(v[i].cause);
+	}
+	free(v);
 }

@@ -68,4 +68,82 @@ bool pv_state_sched_set(struct pv_state *st, const char *job, time_t last_slot, 
 bool pv_state_kv_get(struct pv_state *st, const char *key, char **value, struct pv_error *err);
 bool pv_state_kv_set(struct pv_state *st, const char *key, const char *value, struct pv_error *err);
 
+/*
+ * Backup catalog (schema version 2). A backup is keyed by (database, job, id): the id, e.g.
+ * "20261124T020000Z-daily", is unique only within one database/job. Strings are owned by the struct
+ * (pv_state_backup_clear frees them). Each call is its own committed transaction.
+ */
+struct pv_state_backup {
+	char *database, *job, *id;
+	char *tier;
+	char *dir;             /* absolute path of the committed backup directory */
+	char *sha256;          /* hex SHA-256 of the stored file */
+	char *format;          /* "zst", "zst.enc", "none" */
+	char *key_fingerprint; /* NULL when not encrypted */
+	char *status;          /* "ok", "missing", "changed", "unreadable"; NULL at add = "ok" */
+	char *verify_result;   /* NULL = never verified; else "ok", "failed" */
+	char *verify_cause;    /* NULL or text, from the last verification */
+	int64_t run_id;        /* the run that made it; 0 = none */
+	time_t started, finished;
+	time_t verified_at;   /* 0 = never */
+	double duration;      /* seconds */
+	int64_t size;         /* bytes of the stored file */
+	int64_t archive_size; /* bytes of the plaintext custom-format archive */
+	int64_t verify_count; /* verifications recorded */
+	int64_t in_use;       /* running verifies/probes/restores using it; reset to 0 at open */
+	bool schema_copy;
+};
+
+/* One verification ledger entry. result is "ok" or "failed"; cause NULL or text. */
+struct pv_state_verification {
+	int64_t id;
+	time_t at;
+	double duration;
+	char *result, *cause;
+};
+
+/* Catalog a committed backup. verified_at/verify_result/verify_cause/verify_count are stored as given
+ * (a catalog rebuilt from manifests may know them); in_use is always 0. A duplicate key fails with
+ * PV_ERR_STATE "... backup DATABASE/JOB/ID already catalogued". */
+bool pv_state_backup_add(struct pv_state *st, const struct pv_state_backup *b, struct pv_error *err);
+/* Record a verification: sets verified_at/verify_result/verify_cause, increments verify_count and appends
+ * a ledger row, in one transaction (both or neither). PV_ERR_NOT_FOUND when the backup is not catalogued. */
+bool pv_state_backup_verified(struct pv_state *st, const char *database, const char *job, const char *id,
+                              time_t at, double duration, bool ok, const char *cause, struct pv_error *err);
+/* status: "ok", "missing", "changed", "unreadable" (anything else fails with PV_ERR_STATE). */
+bool pv_state_backup_set_status(struct pv_state *st, const char *database, const char *job, const char *id,
+                                const char *status, struct pv_error *err);
+/* in_use += delta, clamped at 0 (a decrement below 0 is logged as a bookkeeping bug). */
+bool pv_state_backup_use(struct pv_state *st, const char *database, const char *job, const char *id,
+                         int delta, struct pv_error *err);
+/* Remove from the catalog (the ledger keeps its rows). Refused with PV_ERR_BUSY while in_use > 0, so
+ * check-and-delete is atomic; PV_ERR_NOT_FOUND when not catalogued. */
+bool pv_state_backup_delete(struct pv_state *st, const char *database, const char *job, const char *id,
+                            struct pv_error *err);
+/* Newest first by finished; database / job NULL = any. *out is malloc'ed (NULL when none);
+ * free with pv_state_backups_free. */
+bool pv_state_backups_list(struct pv_state *st, const char *database, const char *job,
+                           struct pv_state_backup **out, size_t *n, struct pv_error *err);
+/* Find by "ID" or "DATABASE/JOB/ID" (the database part may itself contain '/'). A bare ID catalogued
+ * under several database/job pairs fails with PV_ERR_USAGE "ambiguous: ID exists for db/job and
+ * db2/job2; use DATABASE/JOB/ID"; a malformed reference with PV_ERR_USAGE; none with PV_ERR_NOT_FOUND. */
+bool pv_state_backup_find(struct pv_state *st, const char *ref, struct pv_state_backup *out,
+                          struct pv_error *err);
+/* Newest (by finished) backup of a database, of one job or any (job NULL), whose last verification
+ * succeeded and whose status is "ok". PV_ERR_NOT_FOUND when none. */
+bool pv_state_backup_newest_verified(struct pv_state *st, const char *database, const char *job,
+                                     struct pv_state_backup *out, struct pv_error *err);
+/* Backups to verify, in order: never verified (oldest finished first), then least recently verified.
+ * Every status except "missing". limit <= 0 = all. */
+bool pv_state_backups_to_verify(struct pv_state *st, int limit, struct pv_state_backup **out, size_t *n,
+                                struct pv_error *err);
+/* The ledger of one backup, newest first (kept after the backup is deleted); limit <= 0 = all.
+ * Free with pv_state_verifications_free. */
+bool pv_state_verifications_list(struct pv_state *st, const char *database, const char *job, const char *id,
+                                 int limit, struct pv_state_verification **out, size_t *n,
+                                 struct pv_error *err);
+void pv_state_backup_clear(struct pv_state_backup *b);
+void pv_state_backups_free(struct pv_state_backup *v, size_t n);
+void pv_state_verifications_free(struct pv_state_verification *v, size_t n);
+
 #endif

@@ -238,7 +238,7 @@ def unavailable_job_type_refused(cluster):
     d = Daemon()
     try:
         d.write_config(base_config(d, cluster, HEALTH_FAST +
-                                   "  nightly: { type: backup, database: demo, schedule: \"0 2 * * *\", keep: 7 }\n"))
+                                   "  nightly: { type: integrity, database: demo, schedule: \"0 2 * * *\" }\n"))
         out = subprocess.run([PGVIGILD, "--check-config", "-c", d.config], capture_output=True, text=True,
                              env=dict(os.environ, DEMO_PASS=PASSWORD))
         check(out.returncode == 0, "check-config should accept (with a warning): " + out.stderr)
@@ -246,7 +246,7 @@ def unavailable_job_type_refused(cluster):
         out = subprocess.run([PGVIGILD, "--foreground", "-c", d.config], capture_output=True, text=True,
                              timeout=10, env=dict(os.environ, DEMO_PASS=PASSWORD))
         check(out.returncode == 1, "daemon started with an unavailable job type")
-        check("backup" in out.stderr and "not yet available" in out.stderr, "reason not stated: " + out.stderr)
+        check("integrity" in out.stderr and "not yet available" in out.stderr, "reason not stated: " + out.stderr)
     finally:
         d.cleanup()
 

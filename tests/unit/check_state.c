@@ -652,6 +652,604 @@ START_TEST(test_state__locked_database_reports_action)
 }
 END_TEST
 
+/* Backup catalog. */
+
+/* Migration 1 exactly as the first release applied it: the "old code path" a field database ran. */
+static const char v1_schema[] =
+        "PRAGMA application_id = 1885828711;\n"
+        "CREATE TABLE runs (\n"
+        "	id INTEGER PRIMARY KEY AUTOINCREMENT,\n"
+        "	job TEXT NOT NULL,\n"
+        "	type TEXT NOT NULL,\n"
+        "	\"database\" TEXT,\n"
+        "	\"trigger\" TEXT NOT NULL,\n"
+        "	scheduled_for INTEGER,\n"
+        "	started INTEGER NOT NULL,\n"
+        "	finished INTEGER,\n"
+        "	duration REAL,\n"
+        "	result TEXT,\n"
+        "	cause TEXT,\n"
+        "	figures TEXT\n"
+        ");\n"
+        "CREATE INDEX runs_job_id ON runs (job, id);\n"
+        "CREATE TABLE sched (job TEXT PRIMARY KEY, last_slot INTEGER NOT NULL) WITHOUT ROWID;\n"
+        "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;\n";
+
+/* A backup with every field set; strings point at literals (never clear it). */
+static struct pv_state_backup
+sample_backup(const char *database, const char *job, const char *id, time_t finished)
+{
+	struct pv_state_backup b = {0};
+
+	b.database = (char *)database;
+	b.job = (char *)job;
+	b.id = (char *)id;
+	b.tier = (char *)"daily";
+	b.dir = (char *)"/var/lib/pgvigil/backups/x";
+	b.sha256 = (char *)"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+	b.format = (char *)"zst";
+	b.started = finished - 60;
+	b.finished = finished;
+	b.duration = 59.5;
+	b.size = 1000;
+	b.archive_size = 4000;
+	return b;
+}
+
+static void
+add_ok(struct pv_state *st, const char *database, const char *job, const char *id, time_t finished)
+{
+	struct pv_state_backup b = sample_backup(database, job, id, finished);
+	struct pv_error err = {0};
+
+	if (!pv_state_backup_add(st, &b, &err))
+		ck_abort_msg("adding backup %s/%s/%s: %s", database, job, id, err.msg);
+}
+
+static void
+verified_ok(struct pv_state *st, const char *database, const char *job, const char *id, time_t at, bool ok)
+{
+	struct pv_error err = {0};
+
+	if (!pv_state_backup_verified(st, database, job, id, at, 1.5, ok, ok ? NULL : "hash mismatch", &err))
+		ck_abort_msg("verifying backup %s/%s/%s: %s", database, job, id, err.msg);
+}
+
+/* "db/job/id" of each listed backup, space-separated, for compact order assertions. */
+static void
+keys_of(const struct pv_state_backup *v, size_t n, char *buf, size_t size)
+{
+	buf[0] = '\0';
+	for (size_t i = 0; i < n; i++) {
+		size_t len = strlen(buf);
+		snprintf(buf + len, size - len, "%s%s/%s/%s", i ? " " : "", v[i].database, v[i].job, v[i].id);
+	}
+}
+
+static void
+assert_list(struct pv_state *st, const char *database, const char *job, const char *want)
+{
+	struct pv_state_backup *v;
+	struct pv_error err = {0};
+	char got[1024];
+	size_t n;
+
+	ck_assert_msg(pv_state_backups_list(st, database, job, &v, &n, &err), "%s", err.msg);
+	keys_of(v, n, got, sizeof(got));
+	ck_assert_str_eq(got, want);
+	pv_state_backups_free(v, n);
+}
+
+static void
+assert_to_verify(struct pv_state *st, int limit, const char *want)
+{
+	struct pv_state_backup *v;
+	struct pv_error err = {0};
+	char got[1024];
+	size_t n;
+
+	ck_assert_msg(pv_state_backups_to_verify(st, limit, &v, &n, &err), "%s", err.msg);
+	keys_of(v, n, got, sizeof(got));
+	ck_assert_str_eq(got, want);
+	pv_state_backups_free(v, n);
+}
+
+START_TEST(test_state__backup_migration_from_v1)
+{
+	TEST_PATHS();
+	char logf[PATH_MAX + 16];
+	struct pv_state *st;
+	struct pv_state_run run;
+	struct pv_error err = {0};
+	sqlite3 *db = raw_open(path);
+	char *log, *v = NULL;
+
+	snprintf(logf, sizeof(logf), "%s/log", dir);
+	raw_exec(db, "PRAGMA journal_mode = WAL");
+	raw_exec(db, v1_schema);
+	raw_exec(db, "PRAGMA user_version = 1");
+	raw_exec(db, "INSERT INTO runs (job, type, \"database\", \"trigger\", started, finished, duration, "
+	             "result) "
+	             "VALUES ('nightly', 'backup', 'production', 'schedule', 100, 160, 60, 'ok');"
+	             "INSERT INTO runs (job, type, \"trigger\", started) VALUES ('health', 'health', "
+	             "'manual', 200);"
+	             "INSERT INTO kv VALUES ('last_reload', 'then');"
+	             "INSERT INTO sched VALUES ('nightly', 86400)");
+	sqlite3_close(db);
+
+	capture_begin(logf);
+	st = open_ok(path);
+	log = capture_end(logf);
+	ck_assert_msg(strstr(log, "state database migrated") != NULL && strstr(log, "version=2") != NULL,
+	              "log: %s", log);
+	ck_assert_msg(strstr(log, "version=1") == NULL, "migration 1 applied again: %s", log);
+	ck_assert_msg(strstr(log, "marked interrupted count=1") != NULL, "log: %s", log);
+	free(log);
+	ck_assert_int_ge(pv_state_schema_latest(), 2);
+	ck_assert_int_eq(pv_state_schema_version(st), pv_state_schema_latest());
+
+	/* Version-1 data is intact and still served. */
+	ck_assert(pv_state_run_last_finished(st, "nightly", &run, &err));
+	ck_assert_str_eq(run.result, "ok");
+	ck_assert_int_eq(run.finished, 160);
+	pv_state_run_clear(&run);
+	ck_assert(pv_state_kv_get(st, "last_reload", &v, &err));
+	ck_assert_str_eq(v, "then");
+	free(v);
+
+	add_ok(st, "production", "daily", "20261124T020000Z-daily", 1000);
+	verified_ok(st, "production", "daily", "20261124T020000Z-daily", 1100, true);
+	pv_state_close(st);
+
+	db = raw_open(path);
+	ck_assert_int_eq(raw_int(db, "PRAGMA user_version"), pv_state_schema_latest());
+	ck_assert_int_eq(
+	        raw_int(db, "SELECT count(*) FROM sqlite_master WHERE name IN ('backups', "
+	                    "'backups_finished', 'backups_id', 'verifications', 'verifications_backup')"),
+	        5);
+	ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM backups"), 1);
+	ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM verifications"), 1);
+	ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM runs"), 2);
+	sqlite3_close(db);
+
+	/* Reopening migrates nothing. */
+	capture_begin(logf);
+	st = open_ok(path);
+	log = capture_end(logf);
+	ck_assert_str_eq(log, "");
+	free(log);
+	pv_state_close(st);
+}
+END_TEST
+
+START_TEST(test_state__backup_add_list_find)
+{
+	TEST_PATHS();
+	struct pv_state *st = open_ok(path);
+	struct pv_error err = {0};
+	struct pv_state_backup b = sample_backup("production", "daily", "A", 1000), got;
+
+	b.run_id = 42;
+	b.format = (char *)"zst.enc";
+	b.key_fingerprint = (char *)"sha256:abcd";
+	b.schema_copy = true;
+	b.dir = (char *)"/srv/backups/production/daily/A";
+	ck_assert_msg(pv_state_backup_add(st, &b, &err), "%s", err.msg);
+	add_ok(st, "production", "weekly", "A", 1500); /* same id, other job */
+	add_ok(st, "production", "daily", "B", 2000);
+	add_ok(st, "staging", "daily", "C", 3000);
+	add_ok(st, "staging", "daily", "B", 500);
+
+	assert_list(
+	        st, NULL, NULL,
+	        "staging/daily/C production/daily/B production/weekly/A production/daily/A staging/daily/B");
+	assert_list(st, "production", NULL, "production/daily/B production/weekly/A production/daily/A");
+	assert_list(st, "production", "daily", "production/daily/B production/daily/A");
+	assert_list(st, NULL, "daily",
+	            "staging/daily/C production/daily/B production/daily/A staging/daily/B");
+	assert_list(st, "nobody", NULL, "");
+
+	/* Every field round-trips; absent values come back as 0/NULL; defaults apply. */
+	ck_assert_msg(pv_state_backup_find(st, "production/daily/A", &got, &err), "%s", err.msg);
+	ck_assert_str_eq(got.database, "production");
+	ck_assert_str_eq(got.job, "daily");
+	ck_assert_str_eq(got.id, "A");
+	ck_assert_str_eq(got.tier, "daily");
+	ck_assert_str_eq(got.dir, "/srv/backups/production/daily/A");
+	ck_assert_int_eq(got.run_id, 42);
+	ck_assert_int_eq(got.started, 940);
+	ck_assert_int_eq(got.finished, 1000);
+	ck_assert_double_eq(got.duration, 59.5);
+	ck_assert_int_eq(got.size, 1000);
+	ck_assert_int_eq(got.archive_size, 4000);
+	ck_assert_str_eq(got.sha256, b.sha256);
+	ck_assert_str_eq(got.format, "zst.enc");
+	ck_assert_str_eq(got.key_fingerprint, "sha256:abcd");
+	ck_assert(got.schema_copy);
+	ck_assert_str_eq(got.status, "ok");
+	ck_assert_int_eq(got.verified_at, 0);
+	ck_assert_ptr_null(got.verify_result);
+	ck_assert_ptr_null(got.verify_cause);
+	ck_assert_int_eq(got.verify_count, 0);
+	ck_assert_int_eq(got.in_use, 0);
+	pv_state_backup_clear(&got);
+	pv_state_backup_clear(&got); /* twice is harmless */
+
+	ck_assert_msg(pv_state_backup_find(st, "staging/daily/C", &got, &err), "%s", err.msg);
+	ck_assert_int_eq(got.run_id, 0);
+	ck_assert_ptr_null(got.key_fingerprint);
+	ck_assert(!got.schema_copy);
+	pv_state_backup_clear(&got);
+
+	/* A bare id unique across the catalog. */
+	ck_assert_msg(pv_state_backup_find(st, "C", &got, &err), "%s", err.msg);
+	ck_assert_str_eq(got.database, "staging");
+	ck_assert_str_eq(got.job, "daily");
+	pv_state_backup_clear(&got);
+
+	/* Ambiguous bare ids name every candidate. */
+	ck_assert(!pv_state_backup_find(st, "A", &got, &err));
+	ck_assert_int_eq(err.code, PV_ERR_USAGE);
+	ck_assert_str_eq(
+	        err.msg,
+	        "ambiguous: A exists for production/daily and production/weekly; use DATABASE/JOB/ID");
+	ck_assert_ptr_null(got.id);
+	add_ok(st, "archive", "daily", "A", 10);
+	ck_assert(!pv_state_backup_find(st, "A", &got, &err));
+	ck_assert_str_eq(err.msg,
+	                 "ambiguous: A exists for archive/daily, production/daily and production/weekly; "
+	                 "use DATABASE/JOB/ID");
+	ck_assert_msg(pv_state_backup_find(st, "production/weekly/A", &got, &err), "%s", err.msg);
+	ck_assert_int_eq(got.finished, 1500);
+	pv_state_backup_clear(&got);
+
+	/* Not found, by either form. */
+	ck_assert(!pv_state_backup_find(st, "Z", &got, &err));
+	ck_assert_int_eq(err.code, PV_ERR_NOT_FOUND);
+	ck_assert_ptr_nonnull(strstr(err.msg, "Z"));
+	ck_assert(!pv_state_backup_find(st, "production/daily/Z", &got, &err));
+	ck_assert_int_eq(err.code, PV_ERR_NOT_FOUND);
+	ck_assert_str_eq(err.msg, "no backup production/daily/Z catalogued");
+	ck_assert(!pv_state_backup_find(st, "production/monthly/A", &got, &err));
+	ck_assert_int_eq(err.code, PV_ERR_NOT_FOUND);
+
+	/* Malformed references. */
+	static const char *const bad[] = {"", "daily/A", "/daily/A", "production//A", "production/daily/"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		ck_assert_msg(!pv_state_backup_find(st, bad[i], &got, &err), "accepted \"%s\"", bad[i]);
+		ck_assert_int_eq(err.code, PV_ERR_USAGE);
+	}
+
+	/* The id and job are the last two parts; a database name may contain '/'. */
+	add_ok(st, "odd/name", "daily", "D", 4000);
+	ck_assert_msg(pv_state_backup_find(st, "odd/name/daily/D", &got, &err), "%s", err.msg);
+	ck_assert_str_eq(got.database, "odd/name");
+	pv_state_backup_clear(&got);
+	pv_state_close(st);
+}
+END_TEST
+
+START_TEST(test_state__backup_duplicate_add_refused)
+{
+	TEST_PATHS();
+	struct pv_state *st = open_ok(path);
+	struct pv_error err = {0};
+	struct pv_state_backup b = sample_backup("production", "daily", "A", 1000), got;
+
+	add_ok(st, "production", "daily", "A", 1000);
+	b.finished = 9999;
+	b.dir = (char *)"/elsewhere";
+	ck_assert(!pv_state_backup_add(st, &b, &err));
+	ck_assert_int_eq(err.code, PV_ERR_STATE);
+	ck_assert_str_eq(err.msg, "recording backup: backup production/daily/A already catalogued");
+	ck_assert(pv_state_backup_find(st, "production/daily/A", &got, &err));
+	ck_assert_int_eq(got.finished, 1000); /* the first stands */
+	ck_assert_str_eq(got.dir, "/var/lib/pgvigil/backups/x");
+	pv_state_backup_clear(&got);
+
+	/* Constraint failures name the action and the backup. */
+	b = sample_backup("production", "daily", "E", 1000);
+	b.format = (char *)"gzip";
+	ck_assert(!pv_state_backup_add(st, &b, &err));
+	ck_assert_int_eq(err.code, PV_ERR_STATE);
+	ck_assert_msg(strstr(err.msg, "recording backup production/daily/E: CHECK constraint failed") ==
+	                      err.msg,
+	              "message: %s", err.msg);
+	b = sample_backup("production", "daily", "F", 1000);
+	b.tier = NULL;
+	ck_assert(!pv_state_backup_add(st, &b, &err));
+	ck_assert_msg(strstr(err.msg, "NOT NULL constraint failed: backups.tier") != NULL, "message: %s",
+	              err.msg);
+	assert_list(st, NULL, NULL, "production/daily/A");
+
+	/* Statuses outside the set are refused too. */
+	ck_assert(!pv_state_backup_set_status(st, "production", "daily", "A", "gone", &err));
+	ck_assert_int_eq(err.code, PV_ERR_STATE);
+	ck_assert_msg(strstr(err.msg, "CHECK constraint failed") != NULL, "message: %s", err.msg);
+	ck_assert(!pv_state_backup_set_status(st, "production", "daily", "Z", "missing", &err));
+	ck_assert_int_eq(err.code, PV_ERR_NOT_FOUND);
+	ck_assert(pv_state_backup_set_status(st, "production", "daily", "A", "changed", &err));
+	ck_assert(pv_state_backup_find(st, "A", &got, &err));
+	ck_assert_str_eq(got.status, "changed");
+	pv_state_backup_clear(&got);
+	pv_state_close(st);
+}
+END_TEST
+
+START_TEST(test_state__backup_verified_ledger)
+{
+	TEST_PATHS();
+	struct pv_state *st = open_ok(path);
+	struct pv_error err = {0};
+	struct pv_state_verification *led;
+	struct pv_state_backup got;
+	sqlite3 *db;
+	size_t n;
+
+	add_ok(st, "production", "daily", "A", 1000);
+	add_ok(st, "production", "weekly", "A", 1000);
+	ck_assert(pv_state_backup_verified(st, "production", "daily", "A", 2000, 12.5, true, NULL, &err));
+	ck_assert(pv_state_backup_find(st, "production/daily/A", &got, &err));
+	ck_assert_int_eq(got.verified_at, 2000);
+	ck_assert_str_eq(got.verify_result, "ok");
+	ck_assert_ptr_null(got.verify_cause);
+	ck_assert_int_eq(got.verify_count, 1);
+	pv_state_backup_clear(&got);
+
+	ck_assert(pv_state_backup_verified(st, "production", "daily", "A", 3000, 2.0, false,
+	                                   "chunk 7: tag mismatch", &err));
+	ck_assert(pv_state_backup_find(st, "production/daily/A", &got, &err));
+	ck_assert_int_eq(got.verified_at, 3000);
+	ck_assert_str_eq(got.verify_result, "failed");
+	ck_assert_str_eq(got.verify_cause, "chunk 7: tag mismatch");
+	ck_assert_int_eq(got.verify_count, 2);
+	pv_state_backup_clear(&got);
+
+	/* The same id under another job is a different backup with its own ledger. */
+	ck_assert(pv_state_backup_find(st, "production/weekly/A", &got, &err));
+	ck_assert_int_eq(got.verify_count, 0);
+	pv_state_backup_clear(&got);
+	ck_assert(pv_state_verifications_list(st, "production", "weekly", "A", 0, &led, &n, &err));
+	ck_assert_uint_eq(n, 0);
+	pv_state_verifications_free(led, n);
+
+	ck_assert(pv_state_verifications_list(st, "production", "daily", "A", 0, &led, &n, &err));
+	ck_assert_uint_eq(n, 2);
+	ck_assert_int_eq(led[0].at, 3000);
+	ck_assert_str_eq(led[0].result, "failed");
+	ck_assert_str_eq(led[0].cause, "chunk 7: tag mismatch");
+	ck_assert_double_eq(led[0].duration, 2.0);
+	ck_assert_int_eq(led[1].at, 2000);
+	ck_assert_str_eq(led[1].result, "ok");
+	ck_assert_ptr_null(led[1].cause);
+	ck_assert_double_eq(led[1].duration, 12.5);
+	ck_assert_int_lt(led[1].id, led[0].id);
+	pv_state_verifications_free(led, n);
+	ck_assert(pv_state_verifications_list(st, "production", "daily", "A", 1, &led, &n, &err));
+	ck_assert_uint_eq(n, 1);
+	ck_assert_int_eq(led[0].at, 3000);
+	pv_state_verifications_free(led, n);
+	pv_state_verifications_free(NULL, 0);
+
+	/* An uncatalogued backup: NOT_FOUND, and no ledger row appended. */
+	ck_assert(!pv_state_backup_verified(st, "production", "daily", "Z", 4000, 1, true, NULL, &err));
+	ck_assert_int_eq(err.code, PV_ERR_NOT_FOUND);
+	ck_assert_str_eq(err.msg, "no backup production/daily/Z catalogued");
+	db = raw_open(path);
+	ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM verifications"), 2);
+
+	/* One transaction: when the ledger insert fails, the backup's update is rolled back with it. */
+	raw_exec(db, "CREATE TRIGGER ledger_full BEFORE INSERT ON verifications "
+	             "BEGIN SELECT RAISE(ABORT, 'ledger refused'); END");
+	ck_assert(!pv_state_backup_verified(st, "production", "daily", "A", 5000, 1, true, NULL, &err));
+	ck_assert_int_eq(err.code, PV_ERR_STATE);
+	ck_assert_str_eq(err.msg, "recording verification of backup production/daily/A: ledger refused");
+	ck_assert(pv_state_backup_find(st, "production/daily/A", &got, &err));
+	ck_assert_int_eq(got.verified_at, 3000);
+	ck_assert_str_eq(got.verify_result, "failed");
+	ck_assert_int_eq(got.verify_count, 2);
+	pv_state_backup_clear(&got);
+	ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM verifications"), 2);
+	/* ... and no transaction is left open: another connection can write, and so can we. */
+	raw_exec(db, "DROP TRIGGER ledger_full");
+	sqlite3_close(db);
+	ck_assert(pv_state_kv_set(st, "k", "v", &err));
+	ck_assert(pv_state_backup_verified(st, "production", "daily", "A", 5000, 1, true, NULL, &err));
+	pv_state_close(st);
+
+	/* Durable: seen by a reopen. */
+	st = open_ok(path);
+	ck_assert(pv_state_backup_find(st, "production/daily/A", &got, &err));
+	ck_assert_int_eq(got.verified_at, 5000);
+	ck_assert_str_eq(got.verify_result, "ok");
+	ck_assert_int_eq(got.verify_count, 3);
+	pv_state_backup_clear(&got);
+	ck_assert(pv_state_verifications_list(st, "production", "daily", "A", 0, &led, &n, &err));
+	ck_assert_uint_eq(n, 3);
+	pv_state_verifications_free(led, n);
+	pv_state_close(st);
+}
+END_TEST
+
+START_TEST(test_state__backup_newest_verified)
+{
+	TEST_PATHS();
+	struct pv_state *st = open_ok(path);
+	struct pv_error err = {0};
+	struct pv_state_backup got;
+
+	ck_assert(!pv_state_backup_newest_verified(st, "production", "daily", &got, &err));
+	ck_assert_int_eq(err.code, PV_ERR_NOT_FOUND);
+	ck_assert_ptr_nonnull(strstr(err.msg, "production"));
+
+	add_ok(st, "production", "daily", "d1", 100); /* verified ok */
+	add_ok(st, "production", "daily", "d2", 200); /* verified, failed */
+	add_ok(st, "production", "daily", "d3", 300); /* never verified */
+	add_ok(st, "production", "daily", "d4", 400); /* verified ok, then missing */
+	add_ok(st, "production", "daily", "d5", 500); /* verified ok, then failed */
+	add_ok(st, "production", "weekly", "w1", 250);
+	add_ok(st, "staging", "daily", "s1", 900);
+	verified_ok(st, "production", "daily", "d1", 1000, true);
+	verified_ok(st, "production", "daily", "d2", 1000, false);
+	verified_ok(st, "production", "daily", "d4", 1000, true);
+	verified_ok(st, "production", "daily", "d5", 1000, true);
+	verified_ok(st, "production", "daily", "d5", 1100, false);
+	verified_ok(st, "production", "weekly", "w1", 1000, true);
+	verified_ok(st, "staging", "daily", "s1", 1000, true);
+	ck_assert(pv_state_backup_set_status(st, "production", "daily", "d4", "missing", &err));
+
+	ck_assert_msg(pv_state_backup_newest_verified(st, "production", "daily", &got, &err), "%s", err.msg);
+	ck_assert_str_eq(got.id, "d1");
+	pv_state_backup_clear(&got);
+	ck_assert(pv_state_backup_newest_verified(st, "production", NULL, &got, &err));
+	ck_assert_str_eq(got.id, "w1");
+	pv_state_backup_clear(&got);
+
+	/* Found again: d4 back to ok. A changed file does not count. */
+	ck_assert(pv_state_backup_set_status(st, "production", "daily", "d4", "ok", &err));
+	ck_assert(pv_state_backup_newest_verified(st, "production", NULL, &got, &err));
+	ck_assert_str_eq(got.id, "d4");
+	pv_state_backup_clear(&got);
+	ck_assert(pv_state_backup_set_status(st, "production", "daily", "d4", "changed", &err));
+	ck_assert(pv_state_backup_newest_verified(st, "production", "daily", &got, &err));
+	ck_assert_str_eq(got.id, "d1");
+	pv_state_backup_clear(&got);
+
+	ck_assert(pv_state_backup_newest_verified(st, "staging", NULL, &got, &err));
+	ck_assert_str_eq(got.id, "s1");
+	pv_state_backup_clear(&got);
+	ck_assert(!pv_state_backup_newest_verified(st, "staging", "weekly", &got, &err));
+	ck_assert_int_eq(err.code, PV_ERR_NOT_FOUND);
+	ck_assert_ptr_null(got.id);
+	pv_state_close(st);
+}
+END_TEST
+
+START_TEST(test_state__backup_to_verify_order)
+{
+	TEST_PATHS();
+	struct pv_state *st = open_ok(path);
+	struct pv_error err = {0};
+
+	assert_to_verify(st, 0, "");
+	add_ok(st, "p", "daily", "new", 500);     /* never verified, newest */
+	add_ok(st, "p", "daily", "old", 100);     /* never verified, oldest */
+	add_ok(st, "p", "weekly", "mid", 300);    /* never verified */
+	add_ok(st, "p", "daily", "v-late", 50);   /* verified at 3000 */
+	add_ok(st, "p", "daily", "v-early", 400); /* verified at 2000 */
+	add_ok(st, "p", "daily", "gone", 10);     /* never verified, but missing */
+	add_ok(st, "p", "daily", "unread", 20);   /* verified at 2500, unreadable: still checked */
+	add_ok(st, "p", "daily", "changed", 30);  /* verified at 1000 (failed), changed */
+	verified_ok(st, "p", "daily", "v-late", 3000, true);
+	verified_ok(st, "p", "daily", "v-early", 2000, true);
+	verified_ok(st, "p", "daily", "unread", 2500, true);
+	verified_ok(st, "p", "daily", "changed", 1000, false);
+	ck_assert(pv_state_backup_set_status(st, "p", "daily", "gone", "missing", &err));
+	ck_assert(pv_state_backup_set_status(st, "p", "daily", "unread", "unreadable", &err));
+	ck_assert(pv_state_backup_set_status(st, "p", "daily", "changed", "changed", &err));
+
+	assert_to_verify(
+	        st, 0,
+	        "p/daily/old p/weekly/mid p/daily/new p/daily/changed p/daily/v-early p/daily/unread "
+	        "p/daily/v-late");
+	assert_to_verify(st, 2, "p/daily/old p/weekly/mid");
+	assert_to_verify(
+	        st, -1,
+	        "p/daily/old p/weekly/mid p/daily/new p/daily/changed p/daily/v-early p/daily/unread "
+	        "p/daily/v-late");
+
+	/* Verifying moves a backup to the back of the queue. */
+	verified_ok(st, "p", "daily", "old", 4000, true);
+	assert_to_verify(st, 3, "p/weekly/mid p/daily/new p/daily/changed");
+	pv_state_close(st);
+}
+END_TEST
+
+START_TEST(test_state__backup_in_use_and_delete)
+{
+	TEST_PATHS();
+	char logf[PATH_MAX + 16];
+	struct pv_state *st = open_ok(path);
+	struct pv_error err = {0};
+	struct pv_state_verification *led;
+	struct pv_state_backup got;
+	char *log;
+	size_t n;
+
+	snprintf(logf, sizeof(logf), "%s/log", dir);
+	add_ok(st, "production", "daily", "A", 1000);
+	add_ok(st, "production", "daily", "B", 2000);
+	verified_ok(st, "production", "daily", "A", 1500, true);
+
+	ck_assert(pv_state_backup_use(st, "production", "daily", "A", 1, &err));
+	ck_assert(pv_state_backup_use(st, "production", "daily", "A", 1, &err));
+	ck_assert(pv_state_backup_use(st, "production", "daily", "A", -1, &err));
+	ck_assert(pv_state_backup_find(st, "production/daily/A", &got, &err));
+	ck_assert_int_eq(got.in_use, 1);
+	pv_state_backup_clear(&got);
+
+	/* In use: not deleted, and the refusal says why. */
+	ck_assert(!pv_state_backup_delete(st, "production", "daily", "A", &err));
+	ck_assert_int_eq(err.code, PV_ERR_BUSY);
+	ck_assert_msg(strstr(err.msg, "in use by 1") != NULL, "message: %s", err.msg);
+	assert_list(st, "production", "daily", "production/daily/B production/daily/A");
+
+	/* Never below 0: the excess release is clamped and logged. */
+	capture_begin(logf);
+	ck_assert(pv_state_backup_use(st, "production", "daily", "A", -3, &err));
+	log = capture_end(logf);
+	ck_assert_msg(strstr(log, "released more often than used") != NULL, "log: %s", log);
+	free(log);
+	ck_assert(pv_state_backup_find(st, "production/daily/A", &got, &err));
+	ck_assert_int_eq(got.in_use, 0);
+	pv_state_backup_clear(&got);
+	ck_assert(pv_state_backup_use(st, "production", "daily", "A", -1, &err));
+	ck_assert(pv_state_backup_find(st, "production/daily/A", &got, &err));
+	ck_assert_int_eq(got.in_use, 0);
+	pv_state_backup_clear(&got);
+
+	ck_assert(!pv_state_backup_use(st, "production", "daily", "Z", 1, &err));
+	ck_assert_int_eq(err.code, PV_ERR_NOT_FOUND);
+	ck_assert(!pv_state_backup_use(st, "production", "daily", "Z", -1, &err));
+	ck_assert_int_eq(err.code, PV_ERR_NOT_FOUND);
+
+	/* Left in use by a daemon that stopped: released at the next open, and logged. */
+	ck_assert(pv_state_backup_use(st, "production", "daily", "A", 2, &err));
+	ck_assert(pv_state_backup_use(st, "production", "daily", "B", 1, &err));
+	pv_state_close(st);
+	capture_begin(logf);
+	st = open_ok(path);
+	log = capture_end(logf);
+	ck_assert_msg(strstr(log, "backups left in use by a previous daemon released count=2") != NULL,
+	              "log: %s", log);
+	free(log);
+	ck_assert(pv_state_backup_find(st, "production/daily/A", &got, &err));
+	ck_assert_int_eq(got.in_use, 0);
+	pv_state_backup_clear(&got);
+	pv_state_close(st);
+	capture_begin(logf);
+	st = open_ok(path);
+	log = capture_end(logf);
+	ck_assert_str_eq(log, "");
+	free(log);
+
+	/* Delete: gone from the catalog, its ledger kept; a second delete is NOT_FOUND. */
+	ck_assert_msg(pv_state_backup_delete(st, "production", "daily", "A", &err), "%s", err.msg);
+	assert_list(st, NULL, NULL, "production/daily/B");
+	ck_assert(!pv_state_backup_find(st, "A", &got, &err));
+	ck_assert_int_eq(err.code, PV_ERR_NOT_FOUND);
+	ck_assert(!pv_state_backup_delete(st, "production", "daily", "A", &err));
+	ck_assert_int_eq(err.code, PV_ERR_NOT_FOUND);
+	ck_assert_str_eq(err.msg, "no backup production/daily/A catalogued");
+	ck_assert(pv_state_verifications_list(st, "production", "daily", "A", 0, &led, &n, &err));
+	ck_assert_uint_eq(n, 1);
+	pv_state_verifications_free(led, n);
+	/* The same key can be catalogued again (a catalog rebuilt from manifests). */
+	add_ok(st, "production", "daily", "A", 1000);
+	pv_state_close(st);
+}
+END_TEST
+
 /* What the child reports through the pipe after each call returned: written whole (< PIPE_BUF). */
 struct durable_rec {
 	int64_t kind; /* 'B' run begun, 'E' run ended, 'K' kv counter set */
@@ -833,6 +1431,13 @@ main(void)
 	tcase_add_test(tc, test_state__foreign_sqlite_database_refused);
 	tcase_add_test(tc, test_state__corrupt_database_refused);
 	tcase_add_test(tc, test_state__unusable_path_refused);
+	tcase_add_test(tc, test_state__backup_migration_from_v1);
+	tcase_add_test(tc, test_state__backup_add_list_find);
+	tcase_add_test(tc, test_state__backup_duplicate_add_refused);
+	tcase_add_test(tc, test_state__backup_verified_ledger);
+	tcase_add_test(tc, test_state__backup_newest_verified);
+	tcase_add_test(tc, test_state__backup_to_verify_order);
+	tcase_add_test(tc, test_state__backup_in_use_and_delete);
 	suite_add_tcase(s, tc);
 
 	/* busy_timeout is 5 s, and the kill -9 loop runs several children. */
