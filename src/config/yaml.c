@@ -1,5 +1,6 @@
 /* Config loader internals: diagnostics with positions, strict mapping checks, typed values, secrets. */
 #include "config/internal.h"
+#include "crypto/crypto.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -681,30 +682,19 @@ read_private(struct loader *ld, const yaml_node_t *at, const char *path, const c
 	return true;
 }
 
+/* Key files are checked by the code that will read them, so --check-config and the daemon agree. */
 bool
 ld_private_file(struct loader *ld, const yaml_node_t *at, const char *path, const char *file, size_t *size)
 {
-	char *content;
-	size_t len;
-	bool hex = true;
-	size_t n;
+	struct pv_error e;
+	struct pv_crypto_key *key = pv_crypto_key_load(file, &e);
 
-	if (!read_private(ld, at, path, file, "key file", &content, &len))
-		return false;
-	/* SPEC: 32 bytes raw, or 64 hex digits (a trailing newline is fine). */
-	n = len;
-	while (n > 0 && (content[n - 1] == '\n' || content[n - 1] == '\r'))
-		n--;
-	for (size_t i = 0; i < n; i++)
-		hex = hex && isxdigit((unsigned char)content[i]);
-	*size = len;
-	explicit_bzero(content, len);
-	free(content);
-	if (len != 32 && !(hex && n == 64)) {
-		ld_error(ld, PV_ERR_CONFIG_SECRET, at, path,
-		         "key file %s must hold 32 raw bytes or 64 hex digits (it has %zu bytes)", file, len);
+	if (key == NULL) {
+		ld_error(ld, e.code == PV_ERR_IO ? PV_ERR_CONFIG_SECRET : e.code, at, path, "%s", e.msg);
 		return false;
 	}
+	pv_crypto_key_free(key);
+	*size = PV_CRYPTO_KEY_LEN;
 	return true;
 }
 

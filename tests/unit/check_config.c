@@ -44,7 +44,7 @@ tmp_teardown(void)
 static const char *
 tmp_file(int slot, const char *name, const char *content, mode_t mode)
 {
-	static char paths[4][512];
+	static char paths[8][512];
 	FILE *f;
 
 	snprintf(paths[slot], sizeof(paths[slot]), "%s/%s", tmpdir, name);
@@ -989,7 +989,9 @@ END_TEST
 START_TEST(test_config__encryption_key_files)
 {
 	struct pv_config_diag diag = {0};
-	const char *raw = tmp_file(0, "raw.key", "0123456789abcdef0123456789abcdef", 0600);
+	/* 32 raw bytes (not all hex digits: 32 hex digits would be a 128-bit key, refused below). */
+	const char *raw = tmp_file(0, "raw.key", "0123456789abcdef0123456789abcdeZ", 0600);
+	const char *hex128 = tmp_file(4, "hex128.key", "0123456789abcdef0123456789abcdef", 0600);
 	const char *hex = tmp_file(
 	        1, "hex.key", "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n", 0400);
 	const char *open_key = tmp_file(2, "open.key", "0123456789abcdef0123456789abcdef", 0644);
@@ -1006,6 +1008,9 @@ START_TEST(test_config__encryption_key_files)
 
 	yaml = pv_asprintf("storage:\n  encryption_key_file: %s\n", open_key);
 	expect_error(yaml, PV_ERR_CONFIG_SECRET, "2:3", "storage.encryption_key_file", "mode 0644");
+	free(yaml);
+	yaml = pv_asprintf("storage:\n  encryption_key_file: %s\n", hex128);
+	expect_error(yaml, PV_ERR_CONFIG_SECRET, "2:3", "storage.encryption_key_file", "128-bit key");
 	free(yaml);
 	yaml = pv_asprintf("storage:\n  old_key_files:\n    - %s\n", short_key);
 	expect_error(yaml, PV_ERR_CONFIG_SECRET, "3:7", "storage.old_key_files[0]",
