@@ -862,6 +862,20 @@ pv_daemon_status_json(struct pv_daemon *d)
 		}
 		json_object_set_new(dj, "health", have ? run_json(&best) : json_null());
 		pv_state_run_clear(&best);
+		{
+			struct pv_state_backup nb = {0};
+			if (pv_state_backup_newest_verified(d->state, db->name, NULL, &nb, NULL)) {
+				json_object_set_new(dj, "newest_verified_backup",
+				                    json_pack("{s:s,s:s,s:s,s:I,s:I,s:I}", "id", nb.id, "job",
+				                              nb.job, "tier", nb.tier, "finished",
+				                              (json_int_t)nb.finished, "age",
+				                              (json_int_t)(time(NULL) - nb.finished), "size",
+				                              (json_int_t)nb.size));
+				pv_state_backup_clear(&nb);
+			} else {
+				json_object_set_new(dj, "newest_verified_backup", json_null());
+			}
+		}
 		if (db->rpo || db->rto) {
 			json_t *obj = json_object();
 			json_object_set_new(obj, "rpo", db->rpo ? json_integer(db->rpo) : json_null());

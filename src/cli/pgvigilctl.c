@@ -212,8 +212,8 @@ print_status(json_t *d)
 	else
 		printf("last reload: FAILED at %s, previous configuration kept: %s\n", str(reload, "at", "?"),
 		       str(reload, "error", "?"));
-	printf("\n%-20s %-10s %-10s %-10s %-22s %s\n", "DATABASE", "HEALTH", "CONNECT", "SERVER", "CHECKED",
-	       "CAUSE");
+	printf("\n%-20s %-10s %-10s %-10s %-22s %-28s %s\n", "DATABASE", "HEALTH", "CONNECT", "SERVER",
+	       "CHECKED", "NEWEST VERIFIED BACKUP", "CAUSE");
 	json_array_foreach(dbs, i, db)
 	{
 		json_t *h = json_object_get(db, "health");
@@ -222,9 +222,21 @@ print_status(json_t *d)
 		if (json_is_number(json_object_get(fig, "connect_seconds")))
 			fmt_duration(json_number_value(json_object_get(fig, "connect_seconds")), lat,
 			             sizeof(lat));
-		printf("%-20s %-10s %-10s %-10s %-22s %s\n", str(db, "name", "?"),
-		       json_is_object(h) ? str(h, "result", "?") : "unknown", lat,
-		       str(fig, "server_version", "-"), json_is_object(h) ? str(h, "finished", "-") : "-",
+		json_t *nb = json_object_get(db, "newest_verified_backup");
+		char newest[64] = "none";
+		char ver[16];
+		if (json_is_object(nb)) {
+			char age[32];
+			fmt_duration((double)json_integer_value(json_object_get(nb, "age")), age,
+			             sizeof(age));
+			snprintf(newest, sizeof(newest), "%s (%s ago)", str(nb, "tier", "?"), age);
+		}
+		/* "15.18 (Debian ...)" -> "15.18": the table has no room for the build string. */
+		snprintf(ver, sizeof(ver), "%s", str(fig, "server_version", "-"));
+		ver[strcspn(ver, " ")] = '\0';
+		printf("%-20s %-10s %-10s %-10s %-22s %-28s %s\n", str(db, "name", "?"),
+		       json_is_object(h) ? str(h, "result", "?") : "unknown", lat, ver,
+		       json_is_object(h) ? str(h, "finished", "-") : "-", newest,
 		       json_is_object(h) ? str(h, "cause", "") : "");
 	}
 }

@@ -167,17 +167,26 @@ cmd_prune(void *ctx, const struct pv_ctl_peer *peer, json_t *args, json_t **data
 	bool dry_run = json_is_true(json_object_get(args, "dry_run"));
 	json_t *report = json_array();
 	bool ok = true;
+	struct pv_crypto_keyring *ring =
+	        pv_crypto_keyring_load(cfg->storage.encryption_key_file, cfg->storage.old_key_files.v,
+	                               cfg->storage.old_key_files.n, err);
+
+	if (ring == NULL) {
+		json_decref(report);
+		return false;
+	}
 
 	for (size_t i = 0; i < cfg->n_jobs; i++) {
 		struct pv_error jerr;
 		if (cfg->jobs[i].type != PV_JOB_BACKUP)
 			continue;
-		if (!pv_retention_apply(pv_daemon_state(ctx), &cfg->jobs[i], dry_run, report, &jerr)) {
+		if (!pv_retention_apply(pv_daemon_state(ctx), &cfg->jobs[i], ring, dry_run, report, &jerr)) {
 			if (ok)
 				*err = jerr;
 			ok = false;
 		}
 	}
+	pv_crypto_keyring_free(ring);
 	if (!ok) {
 		json_decref(report);
 		return false;

@@ -434,7 +434,7 @@ on_verified(bool ok, const char *cause, double seconds, void *arg)
 		return;
 	}
 	/* Retention only after a new backup of the job has completed and verified. */
-	if (!pv_retention_apply(run->state, b->job, false, NULL, &err))
+	if (!pv_retention_apply(run->state, b->job, b->ring, false, NULL, &err))
 		pv_log_error("retention failed job=%s error=%s", b->job->name, pv_log_quote(err.msg));
 	b->phase = PH_DONE;
 	pv_log_info("backup done backup=%s/%s/%s size=%lld archive=%lld sha256=%s", b->db->name, b->job->name,

@@ -3,6 +3,7 @@
 
 #include <string.h>
 
+#include "crypto/crypto.h"
 #include "storage/storage.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -15,6 +16,7 @@ pv_retention_verdict_name(enum pv_retention_verdict v)
 	case PV_RETAIN_NEWER: return "keep-newer";
 	case PV_RETAIN_NEWEST_VERIFIED: return "keep-newest-verified";
 	case PV_RETAIN_IN_USE: return "keep-in-use";
+	case PV_RETAIN_KEY_MISSING: return "keep-key-missing";
 	case PV_RETAIN_DELETE: return "delete";
 	}
 	return "unknown";
@@ -58,8 +60,8 @@ pv_retention_plan(const struct pv_state_backup *list, size_t n, int keep, enum p
 }
 
 bool
-pv_retention_apply(struct pv_state *st, const struct pv_config_job *job, bool dry_run, json_t *report,
-                   struct pv_error *err)
+pv_retention_apply(struct pv_state *st, const struct pv_config_job *job, const struct pv_crypto_keyring *ring,
+                   bool dry_run, json_t *report, struct pv_error *err)
 {
 	struct pv_state_backup *list;
 	enum pv_retention_verdict *v;
@@ -77,6 +79,16 @@ pv_retention_apply(struct pv_state *st, const struct pv_config_job *job, bool dr
 		json_t *o = json_object();
 		bool deleted = false;
 
+		if (v[i] == PV_RETAIN_DELETE && ring != NULL && b->key_fingerprint != NULL &&
+		    pv_crypto_keyring_find(ring, b->key_fingerprint) == NULL) {
+			v[i] = PV_RETAIN_KEY_MISSING;
+			pv_log_error(
+			        "backup encrypted with a key that is not configured is kept backup=%s/%s/%s "
+			        "key_fingerprint=%s: HINT: add that key to storage.old_key_files, or delete "
+			        "the "
+			        "backup by hand",
+			        b->database, b->job, b->id, b->key_fingerprint);
+		}
 		if (v[i] == PV_RETAIN_DELETE && !dry_run) {
 			struct pv_error derr;
 			/* The catalog row first: its delete refuses a backup in use, atomically. Files left

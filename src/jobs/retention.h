@@ -16,6 +16,7 @@ enum pv_retention_verdict {
 	PV_RETAIN_NEWER,           /* newer than the oldest kept one (e.g. not verified yet, or failed) */
 	PV_RETAIN_NEWEST_VERIFIED, /* never deleted */
 	PV_RETAIN_IN_USE,          /* a verify, probe or restore is reading it */
+	PV_RETAIN_KEY_MISSING,     /* encrypted with a key that is not configured: reported, never deleted */
 	PV_RETAIN_DELETE,
 };
 const char *pv_retention_verdict_name(enum pv_retention_verdict v);
@@ -34,7 +35,10 @@ void pv_retention_plan(const struct pv_state_backup *list, size_t n, int keep,
  * object per backup considered ({database, job, id, finished, verdict, deleted}). Returns false
  * when something could not be deleted (err says what); the rest is still done.
  */
-bool pv_retention_apply(struct pv_state *st, const struct pv_config_job *job, bool dry_run, json_t *report,
+struct pv_crypto_keyring;
+/* ring: the configured keys; a backup encrypted with a key not in it is kept and reported. */
+bool pv_retention_apply(struct pv_state *st, const struct pv_config_job *job,
+                        const struct pv_crypto_keyring *ring, bool dry_run, json_t *report,
                         struct pv_error *err);
 
 #endif
