@@ -38,8 +38,11 @@ struct stream {
 	bool proc_done, writer_done;
 	struct pv_proc_result pres;
 	struct pv_store_result wres;
-	char file[32];      /* "dump.zst", "schema.zst.enc", ... */
-	char last_err[512]; /* last pg_dump stderr line: the usual cause */
+	char file[32];        /* "dump.zst", "schema.zst.enc", ... */
+	char first_err[512];  /* pg_dump's first "error:" line: what went wrong */
+	char server_msg[512]; /* its "detail: Error message from server: ..." line, if any */
+	char last_err[512];   /* the last line, when there was no "error:" line */
+	bool snapshot_failed; /* the exported snapshot could not be imported */
 };
 
 struct backup {
@@ -191,6 +194,15 @@ on_dump_stderr(struct pv_proc *proc, const char *line, void *arg)
 	pv_log_warn("pg_dump: %s job=%s run=%lld database=%s", line, b->job->name, (long long)b->run->id,
 	            b->db->name);
 	pv_strlcpy(s->last_err, line, sizeof(s->last_err));
+	/* pg_dump prints "error:" first and "detail:" lines after it: the first says what failed. */
+	if (s->first_err[0] == '\0' && strstr(line, "error:") != NULL)
+		pv_strlcpy(s->first_err, line, sizeof(s->first_err));
+	if (s->server_msg[0] == '\0' && strstr(line, "Error message from server:") != NULL)
+		pv_strlcpy(s->server_msg, strstr(line, "Error message from server:") + 26,
+		           sizeof(s->server_msg));
+	if (strstr(line, "invalid snapshot identifier") != NULL ||
+	    strstr(line, "could not import the requested snapshot") != NULL)
+		s->snapshot_failed = true;
 }
 
 static void
@@ -317,18 +329,26 @@ stream_failed(struct backup *b, struct stream *s, const char *what)
 		fail(b, PV_RUN_FAILED, "%s: storing the archive failed: %s", what, s->wres.error.msg);
 		return true;
 	}
-	if (strstr(s->last_err, "invalid snapshot identifier") != NULL ||
-	    strstr(s->last_err, "could not import the requested snapshot") != NULL) {
-		fail(b, PV_RUN_FAILED,
-		     "%s: pg_dump could not import the exported snapshot (%s): HINT: the connection probably "
-		     "goes "
-		     "through a transaction-mode pooler; use the pooler's session-mode port or connect "
-		     "directly",
-		     what, s->last_err);
-		return true;
+	{
+		const char *msg = s->first_err[0] ? s->first_err : s->last_err;
+		const char *server = s->server_msg;
+
+		while (*server == ' ')
+			server++;
+		if (s->snapshot_failed) {
+			fail(b, PV_RUN_FAILED,
+			     "%s: pg_dump could not import the exported snapshot (%s%s%s): HINT: the "
+			     "connection "
+			     "probably goes through a transaction-mode pooler; use the pooler's session-mode "
+			     "port or "
+			     "connect directly",
+			     what, msg, *server ? ": " : "", server);
+			return true;
+		}
+		fail(b, s->pres.cause == PV_PROC_TIMEOUT ? PV_RUN_TIMEOUT : PV_RUN_FAILED,
+		     "%s: pg_dump %s%s%s%s%s", what, s->pres.text, *msg ? ": " : "", msg, *server ? ": " : "",
+		     server);
 	}
-	fail(b, s->pres.cause == PV_PROC_TIMEOUT ? PV_RUN_TIMEOUT : PV_RUN_FAILED, "%s: pg_dump %s%s%s", what,
-	     s->pres.text, s->last_err[0] ? ": " : "", s->last_err);
 	return true;
 }
 

@@ -106,7 +106,7 @@ file_done(struct pv_verify_op *op)
 	}
 	/* The stored bytes decide first: a consumer failing on a corrupt stream is a consequence. */
 	if (!op->rres.ok) {
-		finish(op, "%s: %s", name, op->rres.error.msg);
+		finish(op, "%s", op->rres.error.msg); /* it names the file */
 		return;
 	}
 	if (op->pres.cause != PV_PROC_EXITED || op->pres.exit_code != 0) {

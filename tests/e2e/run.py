@@ -53,9 +53,9 @@ def wait_for(pred, timeout, what, interval=0.05):
 
 
 class Cluster:
-    def __init__(self):
+    def __init__(self, port=None):
         self.dir = tempfile.mkdtemp(prefix="pgvigil-e2e-pg-")
-        self.port = 20000 + os.getpid() % 20000
+        self.port = port or 20000 + os.getpid() % 20000
         out = subprocess.run([PGTMP, "start", self.dir, str(self.port)], capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError("cannot start PostgreSQL: " + out.stderr)
@@ -718,6 +718,646 @@ def schedule_command_offline(cluster):
     out = subprocess.run([PGVIGILCTL, "schedule", "* * * * *", "--tz", "Mars/Olympus"], capture_output=True,
                          text=True)
     check(out.returncode == 2 and "Mars/Olympus" in out.stderr, "bad tz: " + out.stderr)
+
+# ---------------------------------------------------------------------------
+# Backups under failure (issue 3, "Tests that must provoke")
+
+def _real_pg_bin():
+    found = sorted((d for d in os.listdir("/usr/lib/postgresql") if d.isdigit()
+                    and os.path.exists(os.path.join("/usr/lib/postgresql", d, "bin", "pg_dump"))), key=int)
+    return os.path.join("/usr/lib/postgresql", found[-1], "bin") if found else None
+
+
+REAL_PG_BIN = _real_pg_bin() if os.path.isdir("/usr/lib/postgresql") else None
+PG_CTL_USER = "pgvigil-test"
+KEY_A = "11" * 32
+KEY_B = "2b" * 32
+
+
+def psql(cluster, sql, db="demo", user="vigil", check_rc=True, settings=""):
+    """Run SQL over the cluster's Unix socket (local auth is trust) and return stdout, unaligned."""
+    out = subprocess.run([os.path.join(REAL_PG_BIN, "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                          "-h", cluster.sock, "-p", str(cluster.port), "-U", user, "-d", db],
+                         input=settings + sql, capture_output=True, text=True, timeout=120)
+    if check_rc and out.returncode != 0:
+        raise Failure("psql failed (%d): %s\nSQL: %s" % (out.returncode, out.stderr, sql[:300]))
+    return out.stdout.strip()
+
+
+def ensure_bulk(cluster):
+    """A table that makes the demo archive about 2 MB (md5 text: half-compressible)."""
+    psql(cluster, "CREATE TABLE IF NOT EXISTS bulk (id int PRIMARY KEY, t text);"
+                  "INSERT INTO bulk SELECT g, md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 50000) g "
+                  "ON CONFLICT DO NOTHING;")
+
+
+def write_key(path, hexkey):
+    with open(path, "w") as f:
+        f.write(hexkey + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def key_fingerprint(hexkey):
+    import hashlib
+    return hashlib.sha256(b"pgvigil key fingerprint v1\n" + bytes.fromhex(hexkey)).hexdigest()[:16]
+
+
+def make_pg_bin(d, pg_dump=None, pg_restore=None):
+    """A daemon.pg_bin_dir for d: each tool is a symlink to the real one, or the given bash script
+    (REAL stands for the real tool's path)."""
+    bindir = os.path.join(d.dir, "pgbin")
+    os.makedirs(bindir, exist_ok=True)
+    for name, script in (("pg_dump", pg_dump), ("pg_restore", pg_restore)):
+        path = os.path.join(bindir, name)
+        real = os.path.join(REAL_PG_BIN, name)
+        if script is None:
+            os.symlink(real, path)
+        else:
+            with open(path, "w") as f:
+                f.write("#!/bin/bash\n" + script.replace("REAL", real))
+            os.chmod(path, 0o755)
+    return bindir
+
+
+# pg_dump that writes 20000 bytes, then stalls for 3 s before the rest
+STALL_DUMP = """\
+if [ "$1" = --version ]; then exec REAL "$@"; fi
+set -o pipefail
+REAL "$@" | { head -c 20000; sleep 3; cat; }
+"""
+
+
+def backup_config(d, cluster, jobs, storage=None, storage_extra="", daemon_extra="", extra_db="", demo_extra=""):
+    text = base_config(d, cluster, jobs, extra_db=extra_db, daemon_extra=daemon_extra)
+    if storage is not None:
+        text = text.replace("  path: %s/backups\n" % d.dir, "  path: %s\n" % storage)
+    if storage_extra:
+        text = text.replace("storage:\n", "storage:\n" + storage_extra)
+    if demo_extra:
+        text = text.replace("    password: env:DEMO_PASS\n", "    password: env:DEMO_PASS\n" + demo_extra, 1)
+    return text
+
+
+def storage_dir(d):
+    return os.path.join(d.dir, "backups")
+
+
+def run_job(d, job, timeout=60):
+    """Start job now and wait until its run finishes; returns the run row."""
+    out = d.ctl("--json", "run", job, check_rc=0)
+    rid = json.loads(out.stdout)["run"]
+
+    def done():
+        r = run_by_id(d, rid)
+        return r if r and r["result"] is not None else None
+    return wait_for(done, timeout, "run %d of %s to finish" % (rid, job), interval=0.1)
+
+
+def started_run(d, job):
+    out = d.ctl("--json", "run", job, check_rc=0)
+    return json.loads(out.stdout)["run"]
+
+
+def run_by_id(d, rid):
+    r = [x for x in d.runs() if x["id"] == rid]
+    if r and r[0]["result"] is not None and os.environ.get("E2E_VERBOSE"):
+        print("     run %s: %s: %s" % (r[0]["job"], r[0]["result"], r[0]["cause"]))
+    return r[0] if r else None
+
+
+def catalogued(d, job=None):
+    with d.db() as c:
+        rows = c.execute("SELECT id, dir FROM backups" + (" WHERE job = ?" if job else "") + " ORDER BY id",
+                         (job,) if job else ()).fetchall()
+    return rows
+
+
+def tree(path):
+    """Every file and directory under path, relative."""
+    out = []
+    for p, dirs, files in os.walk(path):
+        for n in dirs + files:
+            out.append(os.path.relpath(os.path.join(p, n), path))
+    return sorted(out)
+
+
+def check_nothing_left(d, storage, job):
+    """No visible backup, no temporary directory, nothing catalogued."""
+    leftovers = [p for p in tree(storage) if os.path.isfile(os.path.join(storage, p))
+                 or os.path.basename(p).startswith(".tmp-")]
+    check(not leftovers, "left behind in storage: %r" % leftovers)
+    jobdir = os.path.join(storage, "demo", job)
+    if os.path.isdir(jobdir):
+        check(os.listdir(jobdir) == [], "job directory not empty: %r" % os.listdir(jobdir))
+    check(catalogued(d, job) == [], "catalogued: %r" % catalogued(d, job))
+
+
+def tmp_dirs(storage):
+    return [p for p in tree(storage) if os.path.basename(p).startswith(".tmp-")]
+
+
+def pids_of(pattern):
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+def real_dump_pids(pgbin):
+    """The real pg_dump processes started by the pg_dump wrapper in pgbin."""
+    real = os.path.join(REAL_PG_BIN, "pg_dump")
+    found = []
+    for w in pids_of(os.path.join(pgbin, "pg_dump")):
+        out = subprocess.run(["pgrep", "-P", str(w), "-f", "^" + real], capture_output=True, text=True)
+        found += [int(x) for x in out.stdout.split()]
+    return found
+
+
+def kill_pids(pids, sig=signal.SIGKILL):
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+
+
+def backups_json(d, db=None):
+    return d.ctl_json("backups", *([db] if db else []))["backups"]
+
+
+def good_backup(d, job, timeout=60):
+    r = run_job(d, job, timeout)
+    check(r["result"] == "ok", "backup run: %r\nlog tail:\n%s" % (r, d.logtext()[-3000:]))
+    return r
+
+
+BACKUP_JOB = "  bk: { type: backup, database: demo, schedule: \"0 0 1 1 *\", keep: %d, timeout: 60s }\n"
+
+
+@test
+def backup_pg_dump_killed(cluster):
+    ensure_bulk(cluster)
+    d = Daemon()
+    try:
+        pgbin = make_pg_bin(d, pg_dump=STALL_DUMP)
+        d.write_config(backup_config(d, cluster, BACKUP_JOB % 3, daemon_extra="  pg_bin_dir: %s" % pgbin))
+        d.start()
+        rid = started_run(d, "bk")
+        pids = wait_for(lambda: real_dump_pids(pgbin), 10, "the real pg_dump")
+        check(tmp_dirs(storage_dir(d)), "no temporary directory while pg_dump runs: %r" % tree(storage_dir(d)))
+        kill_pids(pids)
+        r = wait_for(lambda: run_by_id(d, rid)["result"] and run_by_id(d, rid), 20, "the run to end")
+        check(r["result"] == "failed", "result: %r" % r)
+        check("pg_dump" in r["cause"] and "137" in r["cause"], "cause does not cite pg_dump's exit status: %r"
+              % r["cause"])
+        check_nothing_left(d, storage_dir(d), "bk")
+        check(d.ctl_json("status")["pid"] == d.proc.pid, "daemon not answering")
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+
+
+@test
+def backup_pg_dump_too_old(cluster):
+    d = Daemon()
+    try:
+        old = 'if [ "$1" = --version ]; then echo "pg_dump (PostgreSQL) 11.22"; exit 0; fi\nexec REAL "$@"\n'
+        pgbin = make_pg_bin(d, pg_dump=old)
+        d.write_config(backup_config(d, cluster, BACKUP_JOB % 3, daemon_extra="  pg_bin_dir: %s" % pgbin))
+        d.start()
+        major = int(psql(cluster, "SHOW server_version_num")) // 10000
+        r = run_job(d, "bk", 30)
+        check(r["result"] == "failed", "result: %r" % r)
+        check("postgresql-client-%d" % major in r["cause"] and "11" in r["cause"],
+              "cause does not name the package: %r" % r["cause"])
+        check_nothing_left(d, storage_dir(d), "bk")
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+
+
+@test
+def backup_wrong_password(cluster):
+    wrong = "not-the-password-xyzzy"
+    d = Daemon(env_extra={"WRONG_PASS": wrong})
+    try:
+        extra = """  wrongpw:
+    conninfo: "host=127.0.0.1 port=%d dbname=demo user=vigil"
+    password: env:WRONG_PASS
+""" % cluster.port
+        jobs = "  bkw: { type: backup, database: wrongpw, schedule: \"0 0 1 1 *\", keep: 2, timeout: 30s }\n"
+        d.write_config(backup_config(d, cluster, jobs, extra_db=extra))
+        d.start()
+        r = run_job(d, "bkw", 30)
+        check(r["result"] == "failed" and "password authentication failed" in r["cause"], "run: %r" % r)
+        check(wrong not in r["cause"], "password in the cause")
+        check(wrong not in d.logtext() and PASSWORD not in d.logtext(), "password in the daemon log")
+        storage = storage_dir(d)
+        check(not [p for p in tree(storage) if os.path.isfile(os.path.join(storage, p)) or ".tmp-" in p],
+              "left behind: %r" % tree(storage))
+        check(catalogued(d) == [], "catalogued")
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+
+
+@test
+def backup_server_dies(cluster):
+    d = Daemon()
+    other = None
+    try:
+        other = Cluster(port=cluster.port + 1 if cluster.port < 39999 else cluster.port - 1)
+        psql(other, "CREATE TABLE bulk AS SELECT g AS id, md5(g::text) AS t FROM generate_series(1, 50000) g;")
+        pgbin = make_pg_bin(d, pg_dump=STALL_DUMP)
+        extra = """  other:
+    conninfo: "host=127.0.0.1 port=%d dbname=demo user=vigil"
+    password: env:DEMO_PASS
+""" % other.port
+        jobs = "  bko: { type: backup, database: other, schedule: \"0 0 1 1 *\", keep: 2, timeout: 60s }\n"
+        d.write_config(backup_config(d, cluster, jobs, extra_db=extra, daemon_extra="  pg_bin_dir: %s" % pgbin))
+        d.start()
+        rid = started_run(d, "bko")
+        storage = storage_dir(d)
+        wait_for(lambda: tmp_dirs(storage), 10, "the backup to start writing")
+        time.sleep(0.5)
+        out = subprocess.run(["runuser", "-u", PG_CTL_USER, "--", os.path.join(REAL_PG_BIN, "pg_ctl"), "-D",
+                              os.path.join(other.dir, "data"), "-m", "immediate", "-w", "stop"],
+                             capture_output=True, text=True, timeout=30)
+        check(out.returncode == 0, "pg_ctl stop: " + out.stderr)
+        r = wait_for(lambda: run_by_id(d, rid)["result"] and run_by_id(d, rid), 30, "the run to end")
+        check(r["result"] == "failed", "result: %r" % r)
+        check("pg_dump" in r["cause"], "cause: %r" % r["cause"])
+        # pg_dump's own account is in the log (the detail lines come after the error line)
+        dump_lines = [l for l in d.logtext().splitlines() if "pg_dump: " in l]
+        check(any("server closed the connection" in l or "terminating connection" in l for l in dump_lines),
+              "pg_dump's error not logged:\n" + "\n".join(dump_lines))
+        # and the recorded cause must say what happened, not only pg_dump's last "detail:" line
+        check(any(w in r["cause"].lower() for w in ("server closed", "terminating connection", "connection to server")),
+              "cause does not say the server went away: %r" % r["cause"])
+        check(not tmp_dirs(storage), "temporary directory left: %r" % tree(storage))
+        check(not [p for p in tree(storage) if os.path.isfile(os.path.join(storage, p))],
+              "files left: %r" % tree(storage))
+        check(catalogued(d) == [], "catalogued")
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+        if other is not None:
+            other.stop()
+
+
+@test
+def backup_daemon_killed_then_restarted(cluster):
+    ensure_bulk(cluster)
+    d = Daemon()
+    pgbin = None
+    try:
+        pgbin = make_pg_bin(d, pg_dump=STALL_DUMP)
+        d.write_config(backup_config(d, cluster, BACKUP_JOB % 3, daemon_extra="  pg_bin_dir: %s" % pgbin))
+        d.start()
+        rid = started_run(d, "bk")
+        storage = storage_dir(d)
+        tmp = wait_for(lambda: tmp_dirs(storage), 10, "the temporary directory")
+        d.proc.kill()
+        d.proc.wait()
+        # pg_dump and its wrapper outlive the daemon; end them (they would die of SIGPIPE anyway)
+        kill_pids(pids_of(os.path.join(pgbin, "pg_dump")))
+        check(tmp_dirs(storage) == tmp, "temporary directory vanished before the restart")
+        check(run_by_id(d, rid)["result"] is None, "run finished although the daemon was killed")
+        # restart without the stalling wrapper
+        d.write_config(backup_config(d, cluster, BACKUP_JOB % 3))
+        d.start()
+        check(not tmp_dirs(storage), "temporary directory not removed at start: %r" % tree(storage))
+        log = d.logtext()
+        name = os.path.basename(tmp[0])
+        check(any("removed temporary backup directory" in l and name in l for l in log.splitlines()),
+              "removal of the temporary directory %s not logged:\n%s" % (name, log[-2000:]))
+        check(run_by_id(d, rid)["result"] == "interrupted", "run: %r" % run_by_id(d, rid))
+        check(catalogued(d) == [], "catalogued: %r" % catalogued(d))
+        r = good_backup(d, "bk")
+        b = backups_json(d)
+        check(len(b) == 1 and b[0]["verify_result"] == "ok", "backups after recovery: %r" % b)
+        check(os.path.exists(os.path.join(b[0]["dir"], "manifest.json")), "no manifest")
+        check(d.stop() == 0, "exit status")
+    finally:
+        if pgbin:
+            kill_pids(pids_of(os.path.join(pgbin, "pg_dump")))
+        d.cleanup()
+
+
+@test
+def backup_filesystem_full(cluster):
+    ensure_bulk(cluster)
+    d = Daemon()
+    mnt = os.path.join(d.dir, "small")
+    mounted = False
+    try:
+        os.mkdir(mnt)
+        out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", mnt],
+                             capture_output=True, text=True)
+        check(out.returncode == 0, "cannot mount a tmpfs: " + out.stderr)
+        mounted = True
+        d.write_config(backup_config(d, cluster, HEALTH_FAST + BACKUP_JOB % 2, storage=mnt))
+        d.start()
+        r = run_job(d, "bk", 40)
+        check(r["result"] == "failed", "result: %r" % r)
+        check("No space left on device" in r["cause"], "cause: %r" % r["cause"])
+        check_nothing_left(d, mnt, "bk")
+        st = d.ctl_json("status")
+        check(st["pid"] == d.proc.pid, "status after the failure")
+        n = len(d.runs("health"))
+        wait_for(lambda: len([x for x in d.runs("health") if x["result"] == "ok"]) >= n + 1, 5,
+                 "health runs after the failure")
+        check(d.stop() == 0, "exit status")
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+        if mounted:
+            subprocess.run(["umount", mnt], capture_output=True)
+        d.cleanup()
+
+
+@test
+def backup_snapshot_import_failure_hint(cluster):
+    """pg_dump that cannot import the exported snapshot (what a transaction-mode pooler causes):
+    the run fails with the pooler HINT. Simulated by a wrapper that passes a snapshot id that
+    does not exist; pg_dump >= 15 prints the server's error, then a "detail: Query was" line."""
+    d = Daemon()
+    try:
+        bogus = ('args=(); for a in "$@"; do case "$a" in --snapshot=*) a=--snapshot=00000003-000000FF-1;; esac; '
+                 'args+=("$a"); done\nexec REAL "${args[@]}"\n')
+        pgbin = make_pg_bin(d, pg_dump=bogus)
+        d.write_config(backup_config(d, cluster, BACKUP_JOB % 2, daemon_extra="  pg_bin_dir: %s" % pgbin))
+        d.start()
+        r = run_job(d, "bk", 30)
+        check(r["result"] == "failed", "result: %r" % r)
+        check("invalid snapshot identifier" in d.logtext(), "pg_dump's error not logged")
+        check("HINT" in r["cause"] and "session-mode" in r["cause"], "no pooler HINT in the cause: %r" % r["cause"])
+        check_nothing_left(d, storage_dir(d), "bk")
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+
+
+def _decrypt(path, *keys):
+    args = [PGVIGILCTL, "decrypt", path]
+    for k in keys:
+        args += ["--key-file", k]
+    return subprocess.run(args, capture_output=True, timeout=60)
+
+
+def _verify_file(dirpath, *keys):
+    args = [PGVIGILCTL, "verify-file", dirpath]
+    for k in keys:
+        args += ["--key-file", k]
+    return subprocess.run(args, capture_output=True, text=True, timeout=60)
+
+
+@test
+def backup_corruption_detected(cluster):
+    ensure_bulk(cluster)
+    d = Daemon()
+    try:
+        ka = write_key(os.path.join(d.dir, "a.key"), KEY_A)
+        kb = write_key(os.path.join(d.dir, "b.key"), KEY_B)
+        d.write_config(backup_config(d, cluster, BACKUP_JOB % 5, storage_extra="  encryption_key_file: %s\n" % ka))
+        d.start()
+        good_backup(d, "bk")
+        b = backups_json(d)[0]
+        bid, bdir = b["id"], b["dir"]
+        enc = os.path.join(bdir, "dump.zst.enc")
+        check(b["verify_result"] == "ok" and b["key_fingerprint"] == key_fingerprint(KEY_A), "backup: %r" % b)
+        orig = open(enc, "rb").read()
+        check(len(orig) > 200 * 1024, "stored file too small for the chunk tests: %d" % len(orig))
+        rec = 4 + 65536 + 16
+        check(_verify_file(bdir, ka).returncode == 0, "verify-file of the good backup failed")
+
+        def put(data):
+            with open(enc, "wb") as f:
+                f.write(data)
+
+        def expect_bad(what, words):
+            out = d.ctl("verify", bid)
+            check(out.returncode == 1, "%s: verify exit %d: %s%s" % (what, out.returncode, out.stdout, out.stderr))
+            vf = _verify_file(bdir, ka)
+            check(vf.returncode == 1, "%s: verify-file exit %d: %s" % (what, vf.returncode, vf.stdout + vf.stderr))
+            dc = _decrypt(enc, ka)
+            derr = dc.stderr.decode(errors="replace")
+            if os.environ.get("E2E_VERBOSE"):
+                print("     %s:\n      verify: %s      verify-file: %s      decrypt: %s" % (
+                    what, out.stdout + out.stderr, vf.stdout + vf.stderr, derr))
+            check(dc.returncode != 0, "%s: decrypt exit 0" % what)
+            for w in words:
+                check(w in derr, "%s: decrypt does not say %r: %s" % (what, w, derr))
+                check(w in out.stdout + out.stderr, "%s: verify does not say %r: %s" % (what, w, out.stdout + out.stderr))
+                check(w in vf.stdout + vf.stderr, "%s: verify-file does not say %r: %s" % (what, w, vf.stdout + vf.stderr))
+            return out.stdout + out.stderr, vf.stdout + vf.stderr, derr
+
+        # (a) one flipped byte in the middle of a chunk
+        flipped = bytearray(orig)
+        pos = 44 + rec + 1000
+        flipped[pos] ^= 0x01
+        put(bytes(flipped))
+        expect_bad("flipped byte", ["chunk 1", "failed authentication"])
+        b = [x for x in backups_json(d) if x["id"] == bid][0]
+        check(b["verify_result"] == "failed" and b["verify_cause"], "catalog after a failed verify: %r" % b)
+        # (b) truncated at a chunk boundary, and in the middle of a chunk
+        put(orig[:44 + 2 * rec])
+        expect_bad("truncated at a boundary", ["truncated", "no final chunk"])
+        put(orig[:len(orig) - 100])
+        expect_bad("truncated mid-chunk", ["truncated"])
+        # (c) two chunks swapped
+        c1, c2 = orig[44 + rec:44 + 2 * rec], orig[44 + 2 * rec:44 + 3 * rec]
+        put(orig[:44 + rec] + c2 + c1 + orig[44 + 3 * rec:])
+        expect_bad("swapped chunks", ["out of place", "written as chunk 2"])
+        # restored file verifies again
+        put(orig)
+        out = d.ctl("verify", bid)
+        check(out.returncode == 0, "verify of the restored file: %s%s" % (out.stdout, out.stderr))
+        check([x for x in backups_json(d) if x["id"] == bid][0]["verify_result"] == "ok", "catalog not ok again")
+        # (d) wrong key: the error names the fingerprint of the key needed
+        fa = key_fingerprint(KEY_A)
+        vf = _verify_file(bdir, kb)
+        check(vf.returncode == 1 and fa in vf.stdout + vf.stderr, "verify-file wrong key: %s" % (vf.stdout + vf.stderr))
+        dc = _decrypt(enc, kb)
+        check(dc.returncode != 0 and fa in dc.stderr.decode() and dc.stdout == b"",
+              "decrypt wrong key: %d %s (%d bytes out)" % (dc.returncode, dc.stderr.decode(), len(dc.stdout)))
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+
+
+@test
+def backup_retention_with_failed_newest(cluster):
+    d = Daemon()
+    try:
+        flag = os.path.join(d.dir, "fail-restore")
+        bad_restore = ('if [ "$1" != --version ] && [ -e %s ]; then cat >/dev/null; echo "pg_restore: error: '
+                       'simulated failure" >&2; exit 1; fi\nexec REAL "$@"\n' % flag)
+        pgbin = make_pg_bin(d, pg_restore=bad_restore)
+        d.write_config(backup_config(d, cluster, BACKUP_JOB % 2, daemon_extra="  pg_bin_dir: %s" % pgbin))
+        d.start()
+        ids = []
+        for i in range(5):
+            if i:
+                time.sleep(1.05)
+            if i == 4:
+                open(flag, "w").close()
+            r = run_job(d, "bk", 60)
+            check(r["result"] == ("ok" if i < 4 else "failed"), "backup %d: %r" % (i + 1, r))
+            ids.append(sorted(set(x["id"] for x in backups_json(d)) - set(ids))[-1])
+        check("simulated failure" in r["cause"] or "verification" in r["cause"], "cause: %r" % r["cause"])
+        left = {x["id"]: x for x in backups_json(d)}
+        check(set(left) == {ids[2], ids[3], ids[4]}, "kept %r of %r" % (sorted(left), ids))
+        check(left[ids[4]]["verify_result"] == "failed", "newest: %r" % left[ids[4]])
+        check(left[ids[2]]["verify_result"] == "ok" and left[ids[3]]["verify_result"] == "ok", "kept: %r" % left)
+        jobdir = os.path.join(storage_dir(d), "demo", "bk")
+        check(sorted(os.listdir(jobdir)) == sorted(ids[2:]), "directories: %r" % sorted(os.listdir(jobdir)))
+        plan = d.ctl_json("prune", "--dry-run")
+        check(plan["dry_run"] and not [x for x in plan["backups"] if x["verdict"] == "delete" or x["deleted"]],
+              "dry run would delete: %r" % plan)
+        check(sorted(os.listdir(jobdir)) == sorted(ids[2:]), "dry run deleted something")
+        # a real prune agrees
+        d.ctl("prune", check_rc=0)
+        check(set(x["id"] for x in backups_json(d)) == set(ids[2:]), "prune deleted more")
+        check(sorted(os.listdir(jobdir)) == sorted(ids[2:]), "prune deleted directories")
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+
+
+@test
+def backup_key_rotation(cluster):
+    d = Daemon()
+    try:
+        ka = write_key(os.path.join(d.dir, "a.key"), KEY_A)
+        kb = write_key(os.path.join(d.dir, "b.key"), KEY_B)
+        fa, fb = key_fingerprint(KEY_A), key_fingerprint(KEY_B)
+        d.write_config(backup_config(d, cluster, BACKUP_JOB % 5, storage_extra="  encryption_key_file: %s\n" % ka))
+        d.start()
+        good_backup(d, "bk")
+        old = backups_json(d)[0]
+        check(old["key_fingerprint"] == fa, "old backup: %r" % old)
+        d.write_config(backup_config(d, cluster, BACKUP_JOB % 5, storage_extra=(
+            "  encryption_key_file: %s\n  old_key_files: [%s]\n" % (kb, ka))))
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: d.ctl_json("status")["reload"]["count"] == 1, 5, "the reload")
+        check(d.ctl_json("status")["reload"]["ok"], "reload failed: %r" % d.ctl_json("status")["reload"])
+        out = d.ctl("verify", old["id"])
+        check(out.returncode == 0, "verify of the old backup: %s%s" % (out.stdout, out.stderr))
+        time.sleep(1.05)
+        good_backup(d, "bk")
+        new = [x for x in backups_json(d) if x["id"] != old["id"]][0]
+        man = json.load(open(os.path.join(new["dir"], "manifest.json")))
+        check(man["encryption"]["key_fingerprint"] == fb and new["key_fingerprint"] == fb, "new manifest: %r"
+              % man["encryption"])
+        oman = json.load(open(os.path.join(old["dir"], "manifest.json")))
+        check(oman["encryption"]["key_fingerprint"] == fa, "old manifest changed")
+        oldfile = os.path.join(old["dir"], "dump.zst.enc")
+        dec = subprocess.Popen([PGVIGILCTL, "decrypt", oldfile, "--key-file", ka], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+        rest = subprocess.run([os.path.join(REAL_PG_BIN, "pg_restore"), "-f", "/dev/null"], stdin=dec.stdout,
+                              capture_output=True, text=True, timeout=60)
+        dec.stdout.close()
+        derr = dec.stderr.read().decode()
+        check(dec.wait(60) == 0, "decrypt with key A: " + derr)
+        check(rest.returncode == 0, "pg_restore of the decrypted old backup: " + rest.stderr)
+        dc = _decrypt(oldfile, kb)
+        check(dc.returncode != 0 and fa in dc.stderr.decode(), "decrypt with B only: %s" % dc.stderr.decode())
+        # both keys given: the right one is found
+        dc = _decrypt(oldfile, kb, ka)
+        check(dc.returncode == 0, "decrypt with B and A: %s" % dc.stderr.decode())
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+
+
+TYPES_SQL = """
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TABLE alltypes (
+    id int PRIMARY KEY, j json, jb jsonb, ia int[], ta text[], b bytea, m mood, n numeric(30, 10),
+    ts timestamptz, iv interval, u uuid, ip inet, flag boolean, big text, d date, f float8);
+INSERT INTO alltypes VALUES
+  (1, '{"a": [1, 2, {"b": null}]}', '{"k": "v", "n": 1.5}', '{1,2,3}', '{"x","y z","q\\"uote"}',
+   '\\x00ff10deadbeef', 'happy', 12345678901234567890.0123456789, '2026-03-29 02:30:00+02', '1 year 2 mons 3 days 04:05:06',
+   'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '192.168.0.1/24', true, 'small', '2024-02-29', 0.1),
+  (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+  (3, '[]', '[]', '{}', '{}', '', 'sad', -0.0000000001, '1999-12-31 23:59:59.999999+00', '-1 day',
+   '00000000-0000-0000-0000-000000000000', '::1', false, repeat('é€ long text ', 100000), '0001-01-01', 'NaN');
+INSERT INTO alltypes (id, jb, ts, n, b, big)
+  SELECT g, jsonb_build_object('g', g, 'arr', jsonb_build_array(g, g::text)), now() - g * interval '1 hour',
+         g / 7.0, decode(md5(g::text), 'hex'), md5(g::text) FROM generate_series(4, 1000) g;
+CREATE TABLE child (id bigserial PRIMARY KEY, parent int REFERENCES alltypes(id), note text);
+INSERT INTO child (parent, note) SELECT 1 + g % 1000, 'n' || g FROM generate_series(1, 3000) g;
+CREATE TABLE empty_one (x int);
+"""
+
+PINNED = ("SET search_path = ''; SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres';"
+          " SET extra_float_digits = 3; SET bytea_output = 'hex'; SET lc_monetary = 'C';\n")
+
+
+@test
+def backup_every_column_type_restores(cluster):
+    d = Daemon()
+    dbs = ("types_src", "types_restored")
+    try:
+        for db in dbs:
+            psql(cluster, "DROP DATABASE IF EXISTS %s" % db, db="postgres", user="postgres")
+        psql(cluster, "CREATE DATABASE types_src OWNER vigil", db="postgres", user="postgres")
+        psql(cluster, TYPES_SQL, db="types_src")
+        extra = """  types:
+    conninfo: "host=127.0.0.1 port=%d dbname=types_src user=vigil"
+    password: env:DEMO_PASS
+    critical_tables: [alltypes, public.child]
+""" % cluster.port
+        ka = write_key(os.path.join(d.dir, "a.key"), KEY_A)
+        jobs = "  bkt: { type: backup, database: types, schedule: \"0 0 1 1 *\", keep: 2, timeout: 60s }\n"
+        d.write_config(backup_config(d, cluster, jobs, extra_db=extra,
+                                     storage_extra="  encryption_key_file: %s\n" % ka))
+        d.start()
+        good_backup(d, "bkt")
+        b = backups_json(d, "types")[0]
+        man = json.load(open(os.path.join(b["dir"], "manifest.json")))
+        exp = man["expected"]
+        check(exp["method"] == "pgvigil-rowhash-v1", "method: %r" % exp.get("method"))
+        check(exp["row_counts"] == {"public.alltypes": 1000, "public.child": 3000, "public.empty_one": 0},
+              "row counts: %r" % exp["row_counts"])
+        # the hashes match the source too
+        for t, h in exp["critical_table_hashes"].items():
+            src = psql(cluster, "SELECT count(*) || ':' || coalesce(sum(hashtextextended(ROW(r.*)::text, 0)), 0)"
+                       " FROM %s AS r" % t, db="types_src", settings=PINNED)
+            check(src == h, "source hash of %s: %s, manifest %s" % (t, src, h))
+        psql(cluster, "CREATE DATABASE types_restored OWNER vigil", db="postgres", user="postgres")
+        dec = subprocess.Popen([PGVIGILCTL, "decrypt", os.path.join(b["dir"], "dump.zst.enc"), "--key-file", ka],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        rest = subprocess.run([os.path.join(REAL_PG_BIN, "pg_restore"), "--no-owner", "-h", cluster.sock, "-p",
+                               str(cluster.port), "-U", "postgres", "-d", "types_restored", "--exit-on-error"],
+                              stdin=dec.stdout, capture_output=True, text=True, timeout=120)
+        dec.stdout.close()
+        derr = dec.stderr.read().decode()
+        check(dec.wait(60) == 0, "decrypt: " + derr)
+        check(rest.returncode == 0, "pg_restore: " + rest.stderr)
+        for t, n in exp["row_counts"].items():
+            got = int(psql(cluster, "SELECT count(*) FROM ONLY %s" % t, db="types_restored", user="postgres"))
+            check(got == n, "restored %s has %d rows, manifest %d" % (t, got, n))
+        tables = psql(cluster, "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
+                      "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+                      db="types_restored", user="postgres").split()
+        check(sorted(tables) == sorted(exp["tables"]), "restored tables %r, manifest %r" % (tables, exp["tables"]))
+        check(set(exp["critical_table_hashes"]) == {"public.alltypes", "public.child"},
+              "critical hashes: %r" % exp["critical_table_hashes"])
+        for t, h in exp["critical_table_hashes"].items():
+            got = psql(cluster, "SELECT count(*) || ':' || coalesce(sum(hashtextextended(ROW(r.*)::text, 0)), 0)"
+                       " FROM %s AS r" % t, db="types_restored", user="postgres", settings=PINNED)
+            check(got == h, "restored hash of %s: %s, manifest %s" % (t, got, h))
+        big = psql(cluster, "SELECT length(big) FROM public.alltypes WHERE id = 3", db="types_restored",
+                   user="postgres")
+        check(int(big) > 1000000, "large text: %s" % big)
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+        for db in dbs:
+            psql(cluster, "DROP DATABASE IF EXISTS %s" % db, db="postgres", user="postgres", check_rc=False)
+
 
 
 def main():
