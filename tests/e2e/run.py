@@ -917,6 +917,40 @@ def backup_pg_dump_killed(cluster):
 
 
 @test
+def backup_during_sigterm_and_responsive(cluster):
+    """While a backup streams, health checks keep their rhythm and the socket answers; SIGTERM
+    mid-backup stops pg_dump's whole group, leaves nothing behind and exits 0."""
+    ensure_bulk(cluster)
+    d = Daemon()
+    try:
+        pgbin = make_pg_bin(d, pg_dump=STALL_DUMP.replace("sleep 3", "sleep 30"))
+        jobs = BACKUP_JOB % 3 + HEALTH_FAST
+        d.write_config(backup_config(d, cluster, jobs, daemon_extra="  pg_bin_dir: %s" % pgbin))
+        d.start()
+        rid = started_run(d, "bk")
+        wait_for(lambda: real_dump_pids(pgbin), 10, "the real pg_dump")
+        n = len(d.runs("health"))
+        t0 = time.monotonic()
+        for _ in range(5):
+            d.ctl("status", check_rc=0)
+            jobs_now = {j["name"]: j for j in d.ctl_json("jobs")["jobs"]}
+            check(jobs_now["bk"]["running"] is not None, "backup not shown as running")
+        check(time.monotonic() - t0 < 3, "control socket slow during a backup")
+        wait_for(lambda: len(d.runs("health")) >= n + 2, 5, "health runs during the backup")
+        t0 = time.monotonic()
+        check(d.stop(signal.SIGTERM, timeout=25) == 0, "exit status")
+        check(time.monotonic() - t0 < 21, "stop took %.1fs" % (time.monotonic() - t0))
+        r = run_by_id(d, rid)
+        check(r["result"] == "cancelled", "run after SIGTERM: %r" % r)
+        check_nothing_left(d, storage_dir(d), "bk")
+        check(not real_dump_pids(pgbin), "pg_dump left running after the daemon stopped")
+        out = subprocess.run(["pgrep", "-g", str(d.proc.pid)], capture_output=True, text=True)
+        check(out.stdout.strip() == "", "processes left in the daemon's group: " + out.stdout)
+    finally:
+        d.cleanup()
+
+
+@test
 def backup_pg_dump_too_old(cluster):
     d = Daemon()
     try:
