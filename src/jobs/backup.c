@@ -473,8 +473,9 @@ commit(struct backup *b)
 	struct pv_error err;
 	json_t *m;
 
-	pv_pg_snapshot_end(b->snap); /* after build_manifest read its versions */
+	/* The manifest reads the server version from the snapshot: end it only afterwards. */
 	m = build_manifest(b, finished, duration);
+	pv_pg_snapshot_end(b->snap);
 	b->snap = NULL;
 	if (!pv_store_manifest_write(b->tmp_dir, m, &err)) {
 		json_decref(m);

@@ -1,30 +1,100 @@
 /* The `health` job type: one pv_pg health probe per run, its figures recorded on the run. */
 #include <stdio.h>
+#include <string.h>
 
 #include <jansson.h>
 
 #include "jobs/health.h"
 #include "jobs/job.h"
 #include "pg/pg.h"
+#include "state/state.h"
+#include "util/log.h"
+
+/* Runs looked at to carry failing_since over runs that recorded no connectivity (cancelled ones). */
+#define STREAK_LOOKBACK 20
+
+/*
+ * failing_since: start time of the first run of the current streak of runs that could not reach
+ * the database. The previous run's figures carry it; a successful run ends a streak, and failed runs
+ * without a "connected" figure (cancelled, interrupted, older versions) neither end nor start one.
+ */
+static time_t
+failing_since(const struct pv_job_run *run)
+{
+	struct pv_state_run *runs = NULL;
+	struct pv_error err;
+	size_t n = 0;
+	time_t since = run->started;
+
+	if (run->state == NULL)
+		return since;
+	if (!pv_state_runs_list(run->state, run->job->name, STREAK_LOOKBACK, &runs, &n, &err)) {
+		pv_log_warn("cannot read previous health runs job=%s error=%s", run->job->name,
+		            pv_log_quote(err.msg));
+		return since;
+	}
+	for (size_t i = 0; i < n; i++) {
+		json_t *fig, *connected, *prev;
+		bool decided = false;
+
+		if (runs[i].id == run->id || runs[i].result == NULL)
+			continue;
+		if (strcmp(runs[i].result, "ok") == 0)
+			break; /* reached the database: no streak before this run */
+		if (runs[i].figures == NULL)
+			continue;
+		fig = json_loads(runs[i].figures, 0, NULL);
+		connected = json_object_get(fig, "connected");
+		if (json_is_boolean(connected)) {
+			decided = true;
+			prev = json_object_get(fig, "failing_since");
+			if (!json_is_true(connected) && json_is_integer(prev) &&
+			    json_integer_value(prev) > 0 && (time_t)json_integer_value(prev) <= since)
+				since = (time_t)json_integer_value(prev);
+		}
+		json_decref(fig);
+		if (decided)
+			break;
+	}
+	pv_state_runs_free(runs, n);
+	return since;
+}
 
 static void
 on_result(const struct pv_pg_health *r, void *arg)
 {
 	struct pv_job_run *run = arg;
+	json_t *fig;
 	enum pv_run_result result;
 
 	run->impl = NULL; /* the op frees itself before calling us */
 	if (run->figures == NULL)
 		run->figures = json_object();
+	fig = run->figures;
+	json_object_set_new(fig, "connected", json_boolean(r->connected));
 	if (r->ok || r->connect_seconds > 0)
-		json_object_set_new(run->figures, "connect_seconds", json_real(r->connect_seconds));
+		json_object_set_new(fig, "connect_seconds", json_real(r->connect_seconds));
+	if (r->connected) {
+		json_object_set_new(fig, "query_seconds", json_real(r->query_seconds));
+		if (r->server_version_num > 0)
+			json_object_set_new(fig, "server_version_num", json_integer(r->server_version_num));
+		if (r->server_version[0] != '\0')
+			json_object_set_new(fig, "server_version", json_string(r->server_version));
+	}
+	if (r->tables >= 0)
+		json_object_set_new(fig, "tables", json_integer(r->tables));
+	if (r->database_size_bytes >= 0)
+		json_object_set_new(fig, "database_size_bytes", json_integer(r->database_size_bytes));
+	if (r->missing_critical_tables != NULL)
+		json_object_set_new(fig, "missing_critical_tables",
+		                    json_deep_copy(r->missing_critical_tables));
+	if (!r->connected)
+		json_object_set_new(fig, "failing_since", json_integer((json_int_t)failing_since(run)));
 	if (r->ok) {
-		json_object_set_new(run->figures, "query_seconds", json_real(r->query_seconds));
-		json_object_set_new(run->figures, "server_version", json_string(r->server_version));
-		json_object_set_new(run->figures, "server_version_num", json_integer(r->server_version_num));
 		pv_job_run_finish(run, PV_RUN_OK, "%s", "");
 		return;
 	}
+	json_object_set_new(fig, "error_class", json_string(r->error_class ? r->error_class : "other"));
 	result = r->error.code == PV_ERR_PG_TIMEOUT ? PV_RUN_TIMEOUT : PV_RUN_FAILED;
 	pv_job_run_finish(run, result, "%s", r->error.msg);
 }
@@ -33,13 +103,19 @@ static bool
 start(struct pv_job_run *run)
 {
 	const struct pv_config_database *db = run->job->database;
+	struct pv_pg_health_opts opts;
 
 	if (db == NULL || db->conninfo == NULL) {
 		snprintf(run->cause, sizeof(run->cause), "job %s has no database", run->job->name);
 		return false;
 	}
-	run->impl = pv_pg_health_start(run->base, run->dns, db->conninfo, db->password.value,
-	                               (double)pv_config_job_timeout(run->job), on_result, run);
+	memset(&opts, 0, sizeof(opts));
+	opts.conninfo = db->conninfo;
+	opts.password = db->password.value;
+	opts.timeout = (double)pv_config_job_timeout(run->job);
+	opts.expected_tables = db->expected_tables;
+	opts.critical_tables = &db->critical_tables;
+	run->impl = pv_pg_health_start_opts(run->base, run->dns, &opts, on_result, run);
 	return true;
 }
 

@@ -43,6 +43,12 @@ struct pv_pg_health {
 	int server_version_num;  /* 150018 */
 	char server_version[64]; /* "15.18 (Debian 15.18-0+deb12u1)" */
 	struct pv_error error;   /* when !ok: PV_ERR_PG_CONNECT, PV_ERR_PG_QUERY or PV_ERR_PG_TIMEOUT */
+	/* Extended checks (pv_pg_health_start_opts); see there. */
+	bool connected;                         /* the server answered SELECT 1 */
+	long long tables;                       /* user tables (snapshot.c's list rules); -1 unknown */
+	long long database_size_bytes;          /* pg_database_size(current_database()); -1 unknown */
+	struct json_t *missing_critical_tables; /* array of names as configured; NULL when not checked */
+	const char *error_class;                /* static string when !ok (pv_pg_error_class), else NULL */
 };
 struct pv_pg_health_op;
 typedef void (*pv_pg_health_cb)(const struct pv_pg_health *result, void *arg);
@@ -120,5 +126,144 @@ struct pv_pg_measure_op *pv_pg_measure_start(struct event_base *base, struct evd
                                              struct pv_error *err);
 /* Abort; cb is not called. NULL is a no-op. */
 void pv_pg_measure_cancel(struct pv_pg_measure_op *op);
+
+/*
+ * Scratch databases for restoration probes (scratch.c). Each operation opens its own connection
+ * to `conninfo` (a maintenance database such as postgres on the restore target), runs its
+ * statements under one deadline of `timeout` seconds (connect included) and closes it. The
+ * callback runs exactly once, from the loop, never inside the starting call, and the op is freed
+ * before it runs; pv_pg_scratch_cancel aborts without calling it. A start function returns NULL
+ * (err filled, cb never called) only when the request cannot even be made.
+ *
+ * Database names are restricted to what pgvigil itself creates: PV_PG_SCRATCH_PREFIX followed by
+ * [a-z0-9_], at most 63 bytes. Anything else is refused, so no code path here can drop a
+ * database pgvigil did not name.
+ */
+#define PV_PG_SCRATCH_PREFIX "pgvigil_probe_"
+
+struct pv_pg_scratch_result {
+	bool ok;
+	/* The statement reached the server (create: when !ok and error.code is not PV_ERR_PG_QUERY,
+	 * whether the database exists is unknown). */
+	bool sent;
+	bool holds;            /* assertion: it returned one row with a true boolean */
+	char **names;          /* list: the probe databases found, sorted; owned by the op */
+	size_t n;              /* list: how many */
+	int server_version;    /* of the connection, 0 when it never connected */
+	struct pv_error error; /* when !ok: PV_ERR_PG_CONNECT, PV_ERR_PG_QUERY, PV_ERR_PG_TIMEOUT, ... */
+};
+struct pv_pg_scratch_op;
+typedef void (*pv_pg_scratch_cb)(const struct pv_pg_scratch_result *res, void *arg);
+
+/* True when name is one pgvigil may create and drop (see above). */
+bool pv_pg_scratch_name_ok(const char *name);
+/* CREATE DATABASE name TEMPLATE template0: an empty database owned by the connecting role. */
+struct pv_pg_scratch_op *pv_pg_scratch_create(struct event_base *base, struct evdns_base *dns,
+                                              const char *conninfo, const char *password, const char *name,
+                                              double timeout, pv_pg_scratch_cb cb, void *arg,
+                                              struct pv_error *err);
+/* DROP DATABASE IF EXISTS name WITH (FORCE) on PostgreSQL 13+; before 13 the database's other
+ * sessions are terminated with pg_terminate_backend first. Must not be connected to name. */
+struct pv_pg_scratch_op *pv_pg_scratch_drop(struct event_base *base, struct evdns_base *dns,
+                                            const char *conninfo, const char *password, const char *name,
+                                            double timeout, pv_pg_scratch_cb cb, void *arg,
+                                            struct pv_error *err);
+/* The databases whose names start with PV_PG_SCRATCH_PREFIX and pass pv_pg_scratch_name_ok. */
+struct pv_pg_scratch_op *pv_pg_scratch_list(struct event_base *base, struct evdns_base *dns,
+                                            const char *conninfo, const char *password, double timeout,
+                                            pv_pg_scratch_cb cb, void *arg, struct pv_error *err);
+/*
+ * Run one user assertion (a single SQL statement) on conninfo's database. It holds when it returns
+ * exactly one row of one boolean column that is true; ok && !holds with error.msg saying what it
+ * returned instead ("returned false", "returned 2 rows", ...); !ok for a query error or timeout.
+ */
+struct pv_pg_scratch_op *pv_pg_assert_start(struct event_base *base, struct evdns_base *dns,
+                                            const char *conninfo, const char *password, const char *sql,
+                                            double timeout, pv_pg_scratch_cb cb, void *arg,
+                                            struct pv_error *err);
+/* NULL is a no-op. A statement already sent may still complete on the server. */
+void pv_pg_scratch_cancel(struct pv_pg_scratch_op *op);
+
+/*
+ * conninfo (key=value or URI) rebuilt as key=value with dbname replaced, for a client program's
+ * -d. A password in conninfo is removed from the string (command lines are visible to every
+ * user) and returned in *password (malloc'ed, NULL when none). NULL with err when conninfo cannot
+ * be parsed.
+ */
+char *pv_pg_conninfo_set_dbname(const char *conninfo, const char *dbname, char **password,
+                                struct pv_error *err);
+
+/*
+ * Health with the schema checks (appended): after SELECT 1, one more statement under the same
+ * deadline reads the server version, counts the user tables (ordinary and partitioned, the rules
+ * of snapshot.c's table list: no system schemas, no temporary or extension-owned tables), looks
+ * up every critical table (names as in snapshot.c; an unqualified one is searched in the role's
+ * default search_path) and reads pg_database_size(current_database()). The probe fails (ok false,
+ * connected true, error_class "schema") when expected_tables >= 0 differs from the count
+ * ("expected 67 tables, found 65") or a critical table is missing ("critical tables missing: a,
+ * b"); the figures are filled either way. missing_critical_tables is valid only during cb.
+ * Never returns NULL: a request that cannot even be made is reported through cb from the loop.
+ */
+struct pv_strv;
+struct pv_pg_health_opts {
+	const char *conninfo;
+	const char *password;                  /* may be NULL */
+	double timeout;                        /* the whole probe */
+	int expected_tables;                   /* < 0: not checked */
+	const struct pv_strv *critical_tables; /* may be NULL or empty */
+};
+struct pv_pg_health_op *pv_pg_health_start_opts(struct event_base *base, struct evdns_base *dns,
+                                                const struct pv_pg_health_opts *opts, pv_pg_health_cb cb,
+                                                void *arg);
+
+/*
+ * A stable class for a failed connect or query, from pgvigil's error code and libpq's or the
+ * server's message (libpq reports no SQLSTATE for a failed connection): "dns", "refused",
+ * "timeout", "tls", "auth", "query" (the session was up: connected true) or "other". Pure.
+ */
+const char *pv_pg_error_class(const struct pv_error *err, bool connected);
+
+/*
+ * Integrity: orphaned rows of every foreign key of the live database (integrity.c). The
+ * constraints are read from pg_constraint (contype 'f') in every schema but the system ones,
+ * NOT VALID ones included; for each, one anti-join counts the referencing rows that have no
+ * referenced row, with the constraint's own equality operators, casts and collation (as
+ * PostgreSQL's RI_Initial_Check builds them). MATCH SIMPLE: a row with a NULL in any referencing
+ * column is not an orphan; MATCH FULL: all NULL is fine, a partial NULL counts as an orphan.
+ * Constraints cloned onto partitions are checked once, through the partitioned table.
+ * Each count runs under min(query_timeout, what is left of timeout); a count that passes it is
+ * abandoned by closing the connection (recorded as {"error": "timeout"}), then the check
+ * reconnects and goes on with the next constraint. A query error (permission denied, ...) is
+ * recorded for its constraint and the check goes on.
+ *
+ * The report, a new reference for cb:
+ *   {"constraints": N, "checked": n, "orphaned_constraints": K, "orphans": total rows,
+ *    "timeouts": t, "errors": e, "not_checked": s,
+ *    "details": [{"constraint": "schema.table.conname", "validated": bool, "orphans": n}
+ *                or {"constraint": ..., "validated": ..., "error": "timeout" | message
+ *                    | "not checked"}, ...],
+ *    "details_omitted": m}
+ * details lists constraints with orphans or errors first, then clean ones, each group in name
+ * order, at most max_details entries (details_omitted counts the rest). Names are quote_ident'ed.
+ * cb gets report NULL and err when the check could not start (connect, catalog query); a report
+ * and err PV_ERR_PG_TIMEOUT when timeout ran out before every constraint was checked (the rest
+ * are "not checked"); a report and err NULL otherwise (orphans are data, not an error).
+ * Returns NULL (err filled, cb never called) when the request cannot be made (bad conninfo).
+ */
+struct pv_pg_integrity_op;
+struct pv_pg_integrity_opts {
+	const char *conninfo;
+	const char *password; /* may be NULL */
+	double timeout;       /* the whole check, seconds */
+	double query_timeout; /* per constraint; <= 0: timeout */
+	size_t max_details;   /* 0: 100 */
+};
+typedef void (*pv_pg_integrity_cb)(json_t *report, const struct pv_error *err, void *arg);
+struct pv_pg_integrity_op *pv_pg_integrity_start(struct event_base *base, struct evdns_base *dns,
+                                                 const struct pv_pg_integrity_opts *opts,
+                                                 pv_pg_integrity_cb cb, void *arg, struct pv_error *err);
+/* Abort; cb is not called. Returns the report so far (a new reference; constraints not yet
+ * checked are "not checked"), or NULL when the catalog was not read yet. NULL op is a no-op. */
+json_t *pv_pg_integrity_cancel(struct pv_pg_integrity_op *op);
 
 #endif

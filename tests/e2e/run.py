@@ -237,8 +237,12 @@ def check_config_reports_position(cluster):
 def unavailable_job_type_refused(cluster):
     d = Daemon()
     try:
+        extra = ("  d2:\n    conninfo: \"host=127.0.0.1 port=%d dbname=demo user=vigil\"\n"
+                 "    restore_target: scratch\n" % cluster.port)
         d.write_config(base_config(d, cluster, HEALTH_FAST +
-                                   "  nightly: { type: integrity, database: demo, schedule: \"0 2 * * *\" }\n"))
+                                   "  monthly: { type: drill, database: d2, schedule: \"0 2 1 * *\" }\n",
+                                   extra_db=extra) +
+                       "restore_targets:\n  scratch:\n    conninfo: \"host=127.0.0.1 port=1 dbname=postgres\"\n")
         out = subprocess.run([PGVIGILD, "--check-config", "-c", d.config], capture_output=True, text=True,
                              env=dict(os.environ, DEMO_PASS=PASSWORD))
         check(out.returncode == 0, "check-config should accept (with a warning): " + out.stderr)
@@ -246,7 +250,7 @@ def unavailable_job_type_refused(cluster):
         out = subprocess.run([PGVIGILD, "--foreground", "-c", d.config], capture_output=True, text=True,
                              timeout=10, env=dict(os.environ, DEMO_PASS=PASSWORD))
         check(out.returncode == 1, "daemon started with an unavailable job type")
-        check("integrity" in out.stderr and "not yet available" in out.stderr, "reason not stated: " + out.stderr)
+        check("drill" in out.stderr and "not yet available" in out.stderr, "reason not stated: " + out.stderr)
     finally:
         d.cleanup()
 

@@ -13,7 +13,9 @@
 
 #include <event2/dns.h>
 #include <event2/event.h>
+#include <jansson.h>
 
+#include "config/config.h"
 #include "pg/pg.h"
 #include "pg/pg_internal.h"
 #include "util/mem.h"
@@ -976,6 +978,238 @@ START_TEST(test_pg__conninfo_redact)
 }
 END_TEST
 
+/* ---- extended health: schema checks and error classes ---- */
+
+struct health_opts_wait {
+	struct event_base *base;
+	int calls;
+	struct pv_pg_health r;
+	json_t *missing; /* a copy: the result's array is valid only during the callback */
+};
+
+static void
+health_opts_cb(const struct pv_pg_health *r, void *arg)
+{
+	struct health_opts_wait *w = arg;
+	w->calls++;
+	w->r = *r;
+	w->r.missing_critical_tables = NULL;
+	w->missing = r->missing_critical_tables ? json_deep_copy(r->missing_critical_tables) : NULL;
+	event_base_loopbreak(w->base);
+}
+
+static struct health_opts_wait
+run_health_opts(struct loop *l, const struct pv_pg_health_opts *o)
+{
+	struct health_opts_wait w;
+	memset(&w, 0, sizeof(w));
+	w.base = l->base;
+	ck_assert_ptr_nonnull(pv_pg_health_start_opts(l->base, l->dns, o, health_opts_cb, &w));
+	ck_assert_int_eq(w.calls, 0);
+	loop_run(l, o->timeout + 5);
+	ck_assert_int_eq(w.calls, 1);
+	return w;
+}
+
+START_TEST(test_pg__health_schema_ok)
+{
+	struct loop l;
+	struct health_opts_wait w;
+	char *crit[] = {"users", "public.group_trips", "\"private_bookings\"", " PUBLIC . USERS "};
+	struct pv_strv cv = {crit, 4};
+	struct pv_pg_health_opts o = {
+	        .password = "vigil-secret", .timeout = 10, .expected_tables = 3, .critical_tables = &cv};
+	char *ci = tcp_conninfo("127.0.0.1", pg_port);
+
+	o.conninfo = ci;
+	loop_init(&l, false);
+	w = run_health_opts(&l, &o);
+	ck_assert_msg(w.r.ok, "health failed: %s", w.r.error.msg);
+	ck_assert(w.r.connected);
+	ck_assert_ptr_null(w.r.error_class);
+	ck_assert_int_eq(w.r.tables, 3);
+	ck_assert_int_gt(w.r.database_size_bytes, 1000000);
+	ck_assert_int_ge(w.r.server_version_num, 100000);
+	ck_assert(w.r.server_version[0] != '\0');
+	ck_assert_int_eq(json_array_size(w.missing), 0);
+	json_decref(w.missing);
+	free(ci);
+	loop_free(&l);
+}
+END_TEST
+
+START_TEST(test_pg__health_schema_mismatch)
+{
+	struct loop l;
+	struct health_opts_wait w;
+	char *crit[] = {"users", "missing_one", "nosuch.users", "Users_Typo", "a", "b", "c", "d"};
+	struct pv_strv cv = {crit, 8};
+	struct pv_pg_health_opts o = {.timeout = 10, .expected_tables = 67, .critical_tables = &cv};
+	char *ci = pv_asprintf("host=%s port=%d dbname=demo user=vigil", pg_sock, pg_port);
+
+	o.conninfo = ci;
+	loop_init(&l, false);
+	w = run_health_opts(&l, &o);
+	ck_assert(!w.r.ok);
+	ck_assert(w.r.connected);
+	ck_assert_str_eq(w.r.error_class, "schema");
+	ck_assert_str_eq(w.r.error.msg, "expected 67 tables, found 3; critical tables missing: missing_one, "
+	                                "nosuch.users, Users_Typo, a, b and 2 more");
+	ck_assert_int_eq(w.r.tables, 3);
+	ck_assert_int_gt(w.r.database_size_bytes, 0);
+	ck_assert_int_eq(json_array_size(w.missing), 7);
+	ck_assert_str_eq(json_string_value(json_array_get(w.missing, 2)), "Users_Typo");
+	json_decref(w.missing);
+
+	/* Only the count: the cause names nothing else. */
+	o.critical_tables = NULL;
+	o.expected_tables = 2;
+	w = run_health_opts(&l, &o);
+	ck_assert_str_eq(w.r.error.msg, "expected 2 tables, found 3");
+	ck_assert_int_eq(json_array_size(w.missing), 0);
+	json_decref(w.missing);
+	free(ci);
+	loop_free(&l);
+}
+END_TEST
+
+/* Each way a connection fails has its own class, and the message keeps libpq's or the server's words. */
+START_TEST(test_pg__health_error_classes)
+{
+	struct loop l;
+	struct fake_dns d;
+	struct fake_pg f;
+	struct health_opts_wait w;
+	struct pv_pg_health_opts o = {.password = "vigil-secret", .timeout = 5, .expected_tables = -1};
+	char *ci;
+
+	loop_init(&l, false);
+	fake_dns_start(&d, &l);
+	fake_pg_start(&f, l.base, true);
+
+	ci = tcp_conninfo("127.0.0.1", pg_port);
+	o.conninfo = ci;
+	o.password = "wrong";
+	w = run_health_opts(&l, &o);
+	ck_assert_str_eq(w.r.error_class, "auth");
+	ck_assert(!w.r.connected);
+	ck_assert_msg(strstr(w.r.error.msg, "password authentication failed for user \"vigil\""), "%s",
+	              w.r.error.msg);
+	o.password = "vigil-secret";
+	free(ci);
+
+	ci = pv_asprintf("host=127.0.0.1 port=%d dbname=demo user=vigil sslmode=require", pg_port);
+	o.conninfo = ci;
+	w = run_health_opts(&l, &o);
+	ck_assert_msg(strcmp(w.r.error_class, "tls") == 0, "%s: %s", w.r.error_class, w.r.error.msg);
+	ck_assert_msg(strstr(w.r.error.msg, "SSL"), "%s", w.r.error.msg);
+	free(ci);
+
+	ci = tcp_conninfo("127.0.0.1", closed_port());
+	o.conninfo = ci;
+	w = run_health_opts(&l, &o);
+	ck_assert_str_eq(w.r.error_class, "refused");
+	ck_assert_msg(strstr(w.r.error.msg, "Connection refused"), "%s", w.r.error.msg);
+	free(ci);
+
+	ci = pv_asprintf("host=%s/nowhere port=%d dbname=demo user=vigil", pg_dir, pg_port);
+	o.conninfo = ci;
+	w = run_health_opts(&l, &o);
+	ck_assert_msg(strcmp(w.r.error_class, "refused") == 0, "%s: %s", w.r.error_class, w.r.error.msg);
+	free(ci);
+
+	ci = tcp_conninfo("nonexistent.invalid", pg_port);
+	o.conninfo = ci;
+	w = run_health_opts(&l, &o);
+	ck_assert_str_eq(w.r.error_class, "dns");
+	ck_assert_msg(strstr(w.r.error.msg, "nonexistent.invalid"), "%s", w.r.error.msg);
+	free(ci);
+
+	ci = pv_asprintf("host=127.0.0.1 port=%d dbname=demo user=vigil", f.port);
+	o.conninfo = ci;
+	o.timeout = 1.0;
+	w = run_health_opts(&l, &o);
+	ck_assert_str_eq(w.r.error_class, "timeout");
+	ck_assert_str_eq(w.r.error.msg, "connection timed out after 1.0s");
+	free(ci);
+
+	ci = pv_asprintf("host=127.0.0.1 port=%d dbname=nosuchdb user=vigil sslmode=disable", pg_port);
+	o.conninfo = ci;
+	o.timeout = 5;
+	w = run_health_opts(&l, &o);
+	ck_assert_msg(strcmp(w.r.error_class, "other") == 0, "%s: %s", w.r.error_class, w.r.error.msg);
+	ck_assert_msg(strstr(w.r.error.msg, "database \"nosuchdb\" does not exist"), "%s", w.r.error.msg);
+	free(ci);
+
+	fake_pg_stop(&f);
+	fake_dns_stop(&d);
+	loop_free(&l);
+}
+END_TEST
+
+START_TEST(test_pg__error_class_table)
+{
+	static const struct {
+		enum pv_errcode code;
+		bool connected;
+		const char *msg;
+		const char *class;
+	} cases[] = {
+	        {PV_ERR_PG_TIMEOUT, false, "connection timed out after 5.0s", "timeout"},
+	        {PV_ERR_PG_TIMEOUT, true, "health check timed out after 5.0s waiting for SELECT 1",
+	         "timeout"},
+	        {PV_ERR_PG_CONNECT, false,
+	         "could not translate host name \"x\" to address: nodename nor servname", "dns"},
+	        {PV_ERR_PG_CONNECT, false, "could not resolve host name \"x\"", "dns"},
+	        {PV_ERR_PG_CONNECT, false,
+	         "connection to server at \"10.0.0.1\", port 5432 failed: Connection refused", "refused"},
+	        {PV_ERR_PG_CONNECT, false,
+	         "connection to server on socket \"/run/postgresql/.s.PGSQL.5432\" failed: No such file or "
+	         "directory",
+	         "refused"},
+	        {PV_ERR_PG_CONNECT, false,
+	         "connection to server at \"h\", port 5432 failed: FATAL:  password authentication failed "
+	         "for "
+	         "user \"u\"",
+	         "auth"},
+	        {PV_ERR_PG_CONNECT, false,
+	         "connection to server at \"h\", port 5432 failed: FATAL:  no pg_hba.conf entry for host "
+	         "\"1.2.3.4\", user \"u\", database \"d\", SSL off",
+	         "auth"},
+	        {PV_ERR_PG_CONNECT, false, "connection to server failed: fe_sendauth: no password supplied",
+	         "auth"},
+	        {PV_ERR_PG_CONNECT, false, "connection to server failed: FATAL:  role \"x\" does not exist",
+	         "auth"},
+	        {PV_ERR_PG_CONNECT, false,
+	         "connection to server failed: FATAL:  permission denied for database \"d\"", "auth"},
+	        {PV_ERR_PG_CONNECT, false,
+	         "connection to server failed: server does not support SSL, but SSL was required", "tls"},
+	        {PV_ERR_PG_CONNECT, false,
+	         "connection to server failed: SSL error: certificate verify failed", "tls"},
+	        {PV_ERR_PG_CONNECT, false,
+	         "connection to server failed: root certificate file \"x\" does not exist", "tls"},
+	        {PV_ERR_PG_CONNECT, false, "connection to server failed: Connection timed out", "timeout"},
+	        {PV_ERR_PG_CONNECT, false,
+	         "connection to server failed: FATAL:  database \"d\" does not exist", "other"},
+	        {PV_ERR_PG_CONNECT, false,
+	         "connection to server failed: FATAL:  sorry, too many clients already", "other"},
+	        {PV_ERR_PG_QUERY, true, "permission denied for function pg_database_size", "query"},
+	        {PV_ERR_PG_QUERY, false, "server closed the connection unexpectedly", "other"},
+	};
+	struct pv_error e;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		pv_error_set(&e, cases[i].code, "%s", cases[i].msg);
+		ck_assert_msg(strcmp(pv_pg_error_class(&e, cases[i].connected), cases[i].class) == 0,
+		              "case %zu: %s -> %s, expected %s", i, cases[i].msg,
+		              pv_pg_error_class(&e, cases[i].connected), cases[i].class);
+	}
+	pv_error_clear(&e);
+	ck_assert_ptr_null(pv_pg_error_class(&e, false));
+	ck_assert_ptr_null(pv_pg_error_class(NULL, false));
+}
+END_TEST
+
 /* ---- harness ---- */
 
 static int
@@ -1037,6 +1271,10 @@ main(void)
 	tcase_add_test(tc, test_pg__health_cancel);
 	tcase_add_test(tc, test_pg__bad_conninfo);
 	tcase_add_test(tc, test_pg__conninfo_redact);
+	tcase_add_test(tc, test_pg__health_schema_ok);
+	tcase_add_test(tc, test_pg__health_schema_mismatch);
+	tcase_add_test(tc, test_pg__health_error_classes);
+	tcase_add_test(tc, test_pg__error_class_table);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
