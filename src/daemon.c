@@ -19,6 +19,7 @@
 #include "ctl/server.h"
 #include "jobs/catalog.h"
 #include "jobs/job.h"
+#include "jobs/probe.h"
 #include "loop/notify.h"
 #include "loop/proc.h"
 #include "sched/cron.h"
@@ -726,6 +727,8 @@ pv_daemon_run(struct pv_daemon *d)
 		close(d->ready_fd);
 		d->ready_fd = -1;
 	}
+	/* Scratch databases a crashed probe left behind go first, asynchronously. */
+	pv_probe_cleanup_start(d->base, d->dns, d->cfg);
 	schedule_tick(d, 0);
 	event_base_dispatch(d->base);
 	pv_log_notice("stopped");

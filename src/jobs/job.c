@@ -8,13 +8,14 @@
 #include "jobs/backup.h"
 #include "jobs/health.h"
 #include "jobs/integrity.h"
+#include "jobs/probe.h"
 #include "jobs/storage.h"
 #include "jobs/verify.h"
 
 static const struct pv_job_ops *const job_types[PV_JOB_TYPE_COUNT] = {
         [PV_JOB_BACKUP] = &pv_job_backup_ops,       [PV_JOB_HEALTH] = &pv_job_health_ops,
         [PV_JOB_INTEGRITY] = &pv_job_integrity_ops, [PV_JOB_VERIFY] = &pv_job_verify_ops,
-        [PV_JOB_STORAGE] = &pv_job_storage_ops,
+        [PV_JOB_STORAGE] = &pv_job_storage_ops,     [PV_JOB_RESTORE_PROBE] = &pv_job_probe_ops,
 };
 
 const struct pv_job_ops *

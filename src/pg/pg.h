@@ -236,7 +236,7 @@ const char *pv_pg_error_class(const struct pv_error *err, bool connected);
  * reconnects and goes on with the next constraint. A query error (permission denied, ...) is
  * recorded for its constraint and the check goes on.
  *
- * The report, a new reference for cb:
+ * The report, borrowed by cb: valid during the call only (json_incref it to keep it):
  *   {"constraints": N, "checked": n, "orphaned_constraints": K, "orphans": total rows,
  *    "timeouts": t, "errors": e, "not_checked": s,
  *    "details": [{"constraint": "schema.table.conname", "validated": bool, "orphans": n}

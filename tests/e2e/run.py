@@ -1397,6 +1397,332 @@ def backup_every_column_type_restores(cluster):
             psql(cluster, "DROP DATABASE IF EXISTS %s" % db, db="postgres", user="postgres", check_rc=False)
 
 
+# ---- restore probe ----
+# Issue 4 item 3: the demo cluster doubles as the restore target; vigil gets CREATEDB.
+
+PROBE_JOB = "  probe: { type: restore_probe, database: %s, schedule: \"0 0 1 1 *\", timeout: %s }\n"
+
+
+def probe_config(d, cluster, jobs, port=None, demo_extra="", **kw):
+    """backup_config plus a restore target `scratch` on the cluster (or on `port`) used by demo."""
+    text = backup_config(d, cluster, jobs, demo_extra="    restore_target: scratch\n" + demo_extra, **kw)
+    return text + """restore_targets:
+  scratch:
+    conninfo: "host=127.0.0.1 port=%d dbname=postgres user=vigil"
+    password: env:DEMO_PASS
+""" % (port or cluster.port)
+
+
+def probe_dbs(cluster):
+    return psql(cluster, "SELECT datname FROM pg_database WHERE datname LIKE 'pgvigil\\_probe\\_%' ORDER BY 1",
+                db="postgres", user="postgres").split()
+
+
+def probe_prepare(cluster):
+    psql(cluster, "ALTER ROLE vigil CREATEDB", db="postgres", user="postgres")
+    for name in probe_dbs(cluster):
+        psql(cluster, 'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name, db="postgres", user="postgres")
+
+
+def figures(run):
+    return json.loads(run["figures"]) if run["figures"] else {}
+
+
+def in_use(d):
+    with d.db() as c:
+        return c.execute("SELECT coalesce(sum(in_use), 0) FROM backups").fetchone()[0]
+
+
+@test
+def probe_passes_every_column_type(cluster):
+    probe_prepare(cluster)
+    d = Daemon()
+    try:
+        psql(cluster, "DROP DATABASE IF EXISTS types_probe", db="postgres", user="postgres")
+        psql(cluster, "CREATE DATABASE types_probe OWNER vigil", db="postgres", user="postgres")
+        psql(cluster, TYPES_SQL, db="types_probe")
+        extra = """  types:
+    conninfo: "host=127.0.0.1 port=%d dbname=types_probe user=vigil"
+    password: env:DEMO_PASS
+    critical_tables: [alltypes, public.child]
+    restore_target: scratch
+    assertions:
+      - "SELECT count(*) = 1000 FROM alltypes"
+      - "SELECT bool_and(parent IS NOT NULL) FROM child"
+""" % cluster.port
+        ka = write_key(os.path.join(d.dir, "a.key"), KEY_A)
+        jobs = ("  bkt: { type: backup, database: types, schedule: \"0 0 1 1 *\", keep: 2, timeout: 60s }\n"
+                + PROBE_JOB % ("types", "60s"))
+        d.write_config(probe_config(d, cluster, jobs, extra_db=extra,
+                                    storage_extra="  encryption_key_file: %s\n" % ka))
+        d.start()
+        good_backup(d, "bkt")
+        bid = backups_json(d, "types")[0]["id"]
+        r = run_job(d, "probe")
+        f = figures(r)
+        check(r["result"] == "ok", "probe: %r\nlog tail:\n%s" % (r, d.logtext()[-3000:]))
+        check(f["backup_id"] == bid and f["backup_job"] == "bkt", "backup in figures: %r" % f)
+        check(f["mismatches"] == [] and f["consecutive_failures"] == 0, "figures: %r" % f)
+        check(f["assertions"] == 2 and f["assertions_passed"] == 2, "assertions: %r" % f)
+        check(f["tables"] == 3 and f["rows"] == 4000, "tables/rows: %r" % f)
+        check(f["fk_constraints"] == 1 and f["fk_orphans"] == 0, "foreign keys: %r" % f)
+        for k in ("restore_seconds", "validation_seconds", "total_seconds", "drop_seconds"):
+            check(isinstance(f.get(k), float) and f[k] > 0, "%s: %r" % (k, f))
+        check(f["total_seconds"] >= f["restore_seconds"] + f["validation_seconds"], "total: %r" % f)
+        check(0 <= f["backup_age_seconds"] < 120, "age: %r" % f)
+        check(f["scratch_database"].startswith("pgvigil_probe_types_") and len(f["scratch_database"]) <= 63,
+              "scratch name: %r" % f)
+        check(f["scratch_dropped"] is True and probe_dbs(cluster) == [], "scratch left: %r" % probe_dbs(cluster))
+        check(in_use(d) == 0, "backup still marked in use")
+        check("scratch database created" in d.logtext() and "scratch database dropped" in d.logtext(),
+              "create/drop not logged")
+        check(PASSWORD not in d.logtext(), "password logged")
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+        psql(cluster, "DROP DATABASE IF EXISTS types_probe", db="postgres", user="postgres", check_rc=False)
+
+
+@test
+def probe_corrupted_after_verification(cluster):
+    probe_prepare(cluster)
+    ensure_bulk(cluster)
+    d = Daemon()
+    try:
+        d.write_config(probe_config(d, cluster, BACKUP_JOB % 3 + PROBE_JOB % ("demo", "60s")))
+        d.start()
+        good_backup(d, "bk")
+        b = backups_json(d)[0]
+        check(b["verify_result"] == "ok", "not verified: %r" % b)
+        path = os.path.join(b["dir"], "dump.zst")
+        data = bytearray(open(path, "rb").read())
+        data[len(data) // 2] ^= 0x55
+        with open(path, "wb") as f:
+            f.write(bytes(data))
+        r = run_job(d, "probe")
+        cause = r["cause"] or ""
+        check(r["result"] == "failed", "probe of a corrupt file: %r" % r)
+        check(b["id"] in cause and ("is damaged" in cause or "could not be read" in cause), "cause: %s" % cause)
+        check("sha256" in cause or "zstd" in cause or "corrupt" in cause.lower(), "cause does not say why: %s" % cause)
+        check(figures(r)["consecutive_failures"] == 1, "figures: %r" % figures(r))
+        check(probe_dbs(cluster) == [], "scratch left: %r" % probe_dbs(cluster))
+        check(in_use(d) == 0, "backup still marked in use")
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+
+
+@test
+def probe_manifest_mismatch_named(cluster):
+    probe_prepare(cluster)
+    d = Daemon()
+    try:
+        extra = ("    critical_tables: [users]\n    assertions:\n      - \"SELECT count(*) = 200 FROM users\"\n"
+                 "      - \"SELECT count(*) = 0 FROM users\"\n      - \"SELECT 1\"\n"
+                 "      - \"SELECT * FROM no_such_table\"\n")
+        d.write_config(probe_config(d, cluster, BACKUP_JOB % 3 + PROBE_JOB % ("demo", "60s"), demo_extra=extra))
+        d.start()
+        good_backup(d, "bk")
+        b = backups_json(d)[0]
+        mpath = os.path.join(b["dir"], "manifest.json")
+        man = json.load(open(mpath))
+        check(man["expected"]["row_counts"]["public.users"] == 200, "manifest: %r" % man["expected"])
+        man["expected"]["row_counts"]["public.users"] = 201
+        man["expected"]["critical_table_hashes"]["public.users"] = "200:12345"
+        man["expected"]["tables"].append("public.vanished")
+        man["expected"]["row_counts"]["public.vanished"] = 5
+        with open(mpath, "w") as f:
+            json.dump(man, f, indent=2, sort_keys=True)
+        r = run_job(d, "probe")
+        f = figures(r)
+        mis = f.get("mismatches", [])
+        check(r["result"] == "failed", "probe: %r" % r)
+        want = ["row count of public.users: expected 201, restored 200",
+                "table public.vanished is missing from the restored copy",
+                "content hash of critical table public.users: expected 200:12345, restored 200:",
+                "assertion 2 (SELECT count(*) = 0 FROM users) returned false",
+                "assertion 3 (SELECT 1) returned 1, not a boolean",
+                "assertion 4 (SELECT * FROM no_such_table) failed: relation \"no_such_table\" does not exist"]
+        for w in want:
+            check(any(m.startswith(w) for m in mis), "mismatch %r not named in %r" % (w, mis))
+        check(len(mis) == len(want), "unexpected mismatches: %r" % mis)
+        check(f["assertions"] == 4 and f["assertions_passed"] == 1, "assertions: %r" % f)
+        check("row count of public.users: expected 201, restored 200" in r["cause"], "cause: %s" % r["cause"])
+        check("6 mismatches" in r["cause"], "cause: %s" % r["cause"])
+        check(probe_dbs(cluster) == [], "scratch left: %r" % probe_dbs(cluster))
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+
+
+@test
+def probe_target_unreachable(cluster):
+    probe_prepare(cluster)
+    d = Daemon()
+    try:
+        d.write_config(probe_config(d, cluster, BACKUP_JOB % 3 + PROBE_JOB % ("demo", "60s"), port=1))
+        d.start()
+        good_backup(d, "bk")
+        t0 = time.monotonic()
+        r = run_job(d, "probe")
+        cause = r["cause"] or ""
+        check(r["result"] == "failed", "probe: %r" % r)
+        check("cannot create the scratch database on restore target scratch" in cause and "port 1" in cause
+              and "refused" in cause, "cause: %s" % cause)
+        check(time.monotonic() - t0 < 10, "took %.1fs" % (time.monotonic() - t0))
+        f = figures(r)
+        check(f["consecutive_failures"] == 1 and "restore_seconds" not in f, "figures: %r" % f)
+        check("dropping" not in cause, "tried to drop what was never created: %s" % cause)
+        check(in_use(d) == 0, "backup still marked in use")
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+
+
+# pg_restore that stalls when restoring into a database (-d), like a restore that takes too long;
+# verification (-f /dev/null) and --version use the real one.
+STALL_RESTORE = """\
+for a in "$@"; do if [ "$a" = -d ]; then echo "stalling $$" >&2; sleep 60; fi; done
+exec REAL "$@"
+"""
+
+
+@test
+def probe_timeout_and_sigterm_drop_scratch(cluster):
+    probe_prepare(cluster)
+    d = Daemon()
+    try:
+        pgbin = make_pg_bin(d, pg_restore=STALL_RESTORE)
+        d.write_config(probe_config(d, cluster, BACKUP_JOB % 3 + PROBE_JOB % ("demo", "3s"),
+                                    daemon_extra="  pg_bin_dir: %s\n" % pgbin))
+        d.start()
+        good_backup(d, "bk")
+        t0 = time.monotonic()
+        rid = started_run(d, "probe")
+        wait_for(lambda: len(probe_dbs(cluster)) == 1, 5, "the scratch database")
+        r = wait_for(lambda: (run_by_id(d, rid) or {}).get("result") and run_by_id(d, rid), 15, "probe to end")
+        took = time.monotonic() - t0
+        check(r["result"] == "timeout" and "timeout after 3s while restoring" in r["cause"], "probe: %r" % r)
+        check(took < 9, "timeout took %.1fs" % took)
+        check(probe_dbs(cluster) == [], "scratch left after timeout: %r" % probe_dbs(cluster))
+        check(figures(r)["scratch_dropped"] is True and figures(r)["consecutive_failures"] == 1,
+              "figures: %r" % figures(r))
+        check(pids_of(os.path.join(pgbin, "pg_restore")) == [], "pg_restore left running")
+        # SIGTERM mid-restore: the daemon cancels, drops the scratch database and exits
+        d.write_config(probe_config(d, cluster, BACKUP_JOB % 3 + PROBE_JOB % ("demo", "60s"),
+                                    daemon_extra="  pg_bin_dir: %s\n" % pgbin))
+        d.ctl("reload", check_rc=0)
+        rid = started_run(d, "probe")
+        wait_for(lambda: len(probe_dbs(cluster)) == 1 and pids_of(os.path.join(pgbin, "pg_restore")), 5,
+                 "the scratch database and pg_restore")
+        t0 = time.monotonic()
+        check(d.stop() == 0, "exit status")
+        check(time.monotonic() - t0 < 10, "stop took %.1fs" % (time.monotonic() - t0))
+        r = run_by_id(d, rid)
+        check(r["result"] == "cancelled" and "cancelled while restoring" in r["cause"], "probe: %r" % r)
+        check(figures(r)["consecutive_failures"] == 1, "a cancel counted as a failure: %r" % figures(r))
+        check(probe_dbs(cluster) == [], "scratch left after SIGTERM: %r" % probe_dbs(cluster))
+        check(pids_of(os.path.join(pgbin, "pg_restore")) == [], "pg_restore left running")
+    finally:
+        d.cleanup()
+
+
+@test
+def probe_daemon_killed_scratch_dropped_at_start(cluster):
+    probe_prepare(cluster)
+    d = Daemon()
+    try:
+        pgbin = make_pg_bin(d, pg_restore=STALL_RESTORE)
+        d.write_config(probe_config(d, cluster, BACKUP_JOB % 3 + PROBE_JOB % ("demo", "60s"),
+                                    daemon_extra="  pg_bin_dir: %s\n" % pgbin))
+        d.start()
+        good_backup(d, "bk")
+        started_run(d, "probe")
+        wait_for(lambda: len(probe_dbs(cluster)) == 1 and pids_of(os.path.join(pgbin, "pg_restore")), 5,
+                 "the scratch database and pg_restore")
+        left = probe_dbs(cluster)[0]
+        d.proc.kill()
+        d.proc.wait()
+        kill_pids(pids_of(os.path.join(pgbin, "pg_restore")))
+        check(probe_dbs(cluster) == [left], "scratch database should survive the crash: %r" % probe_dbs(cluster))
+        # a database that is not a scratch database, and one a probe of another daemon might be
+        # creating right now (stamped in the future), are both left alone
+        psql(cluster, "CREATE DATABASE pgvigil_probe_future_29991231t235959", db="postgres", user="postgres")
+        time.sleep(1.1)  # names carry whole seconds: the restart must be later than the probe's start
+        d.log.close()
+        d.start()
+        wait_for(lambda: probe_dbs(cluster) == ["pgvigil_probe_future_29991231t235959"], 10,
+                 "the leftover scratch database to be dropped")
+        check("dropped scratch database left by an earlier run target=scratch database=%s" % left in d.logtext(),
+              "drop not logged")
+        r = d.runs("probe")[0]
+        check(r["result"] == "interrupted", "run after the crash: %r" % r)
+        check(in_use(d) == 0, "backup still marked in use")
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+        psql(cluster, "DROP DATABASE IF EXISTS pgvigil_probe_future_29991231t235959", db="postgres",
+             user="postgres", check_rc=False)
+
+
+@test
+def probe_consecutive_failures(cluster):
+    probe_prepare(cluster)
+    d = Daemon()
+    try:
+        d.write_config(probe_config(d, cluster, BACKUP_JOB % 3 + PROBE_JOB % ("demo", "60s")))
+        d.start()
+        for i in (1, 2, 3):
+            r = run_job(d, "probe")
+            check(r["result"] == "failed" and r["cause"] == "no verified backup of demo to probe", "probe: %r" % r)
+            check(figures(r)["consecutive_failures"] == i, "run %d: %r" % (i, figures(r)))
+        good_backup(d, "bk")
+        r = run_job(d, "probe")
+        check(r["result"] == "ok" and figures(r)["consecutive_failures"] == 0, "probe: %r" % r)
+        # a crash-interrupted run neither counts nor resets
+        with d.db() as c:
+            c.execute("UPDATE backups SET verify_result = 'failed'")
+        r = run_job(d, "probe")
+        check(r["result"] == "failed" and figures(r)["consecutive_failures"] == 1, "after reset: %r" % r)
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+
+
+@test
+def probe_orphans_in_restored_copy(cluster):
+    probe_prepare(cluster)
+    d = Daemon()
+    try:
+        psql(cluster, "DROP DATABASE IF EXISTS fk_probe", db="postgres", user="postgres")
+        psql(cluster, "CREATE DATABASE fk_probe OWNER vigil", db="postgres", user="postgres")
+        psql(cluster, "CREATE TABLE parent (id int PRIMARY KEY); INSERT INTO parent VALUES (1), (2);"
+                      "CREATE TABLE child (id int PRIMARY KEY, parent_id int);"
+                      "INSERT INTO child VALUES (1, 1), (2, 7), (3, 8), (4, NULL);"
+                      "ALTER TABLE child ADD CONSTRAINT child_parent_fkey FOREIGN KEY (parent_id) "
+                      "REFERENCES parent (id) NOT VALID;", db="fk_probe")
+        extra = """  fk:
+    conninfo: "host=127.0.0.1 port=%d dbname=fk_probe user=vigil"
+    password: env:DEMO_PASS
+    restore_target: scratch
+""" % cluster.port
+        jobs = ("  bkf: { type: backup, database: fk, schedule: \"0 0 1 1 *\", keep: 2, timeout: 60s }\n"
+                + PROBE_JOB % ("fk", "60s"))
+        d.write_config(probe_config(d, cluster, jobs, extra_db=extra))
+        d.start()
+        good_backup(d, "bkf")
+        r = run_job(d, "probe")
+        f = figures(r)
+        check(r["result"] == "failed", "probe: %r" % r)
+        check(f["mismatches"] == ["foreign key public.child.child_parent_fkey: 2 orphaned rows"], "mismatches: %r" % f)
+        check(f["fk_constraints"] == 1 and f["fk_orphans"] == 2, "figures: %r" % f)
+        check(probe_dbs(cluster) == [], "scratch left: %r" % probe_dbs(cluster))
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+        psql(cluster, "DROP DATABASE IF EXISTS fk_probe", db="postgres", user="postgres", check_rc=False)
+
+
 
 def main():
     only = sys.argv[1:]
