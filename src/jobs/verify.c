@@ -125,6 +125,7 @@ on_reader(struct pv_store_reader *r, const struct pv_store_result *res, void *ar
 
 	op->rres = *res;
 	op->reader_done = true;
+	op->reader = NULL; /* freed when this returns */
 	/* pg_restore would otherwise wait for input that never comes. */
 	if (!res->ok && op->restore != NULL)
 		pv_proc_cancel(op->restore);
@@ -148,6 +149,7 @@ on_restore(struct pv_proc *proc, const struct pv_proc_result *res, void *arg)
 
 	op->pres = *res;
 	op->restore_done = true;
+	op->restore = NULL; /* freed when this returns */
 	if (op->reader != NULL && (res->cause != PV_PROC_EXITED || res->exit_code != 0))
 		pv_store_reader_cancel(op->reader);
 	file_done(op);
