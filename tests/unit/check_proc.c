@@ -523,7 +523,8 @@ START_TEST(test_proc__timeout_kills_group_with_grandchild)
 	ck_assert_int_eq(c.res.cause, PV_PROC_TIMEOUT);
 	ck_assert_str_eq(c.res.text, "timeout after 0.5s");
 	ck_assert_int_eq(c.res.signo, SIGTERM);
-	ck_assert_msg(c.res.elapsed >= 0.5 && c.res.elapsed < 1.5, "elapsed %f", c.res.elapsed);
+	/* libevent measures from its cached loop time: allow a few ms early. */
+	ck_assert_msg(c.res.elapsed >= 0.45 && c.res.elapsed < 1.5, "elapsed %f", c.res.elapsed);
 	ck_assert_int_eq(c.nlines, 1);
 	grandchild = (pid_t)atoi(c.lines[0]);
 	ck_assert_int_gt(grandchild, 1);
@@ -545,7 +546,8 @@ START_TEST(test_proc__sigterm_ignored_escalates_to_sigkill)
 	spawn_and_run(&c, &o);
 	ck_assert_int_eq(c.res.cause, PV_PROC_TIMEOUT);
 	ck_assert_int_eq(c.res.signo, SIGKILL);
-	ck_assert_msg(c.res.elapsed >= 0.5 && c.res.elapsed < 1.5, "elapsed %f", c.res.elapsed);
+	/* libevent measures from its cached loop time: allow a few ms early. */
+	ck_assert_msg(c.res.elapsed >= 0.45 && c.res.elapsed < 1.5, "elapsed %f", c.res.elapsed);
 	ctx_free(&c);
 }
 END_TEST
@@ -562,7 +564,7 @@ START_TEST(test_proc__inactivity_timeout)
 	spawn_and_run(&c, &o);
 	ck_assert_int_eq(c.res.cause, PV_PROC_INACTIVE);
 	ck_assert_str_eq(c.res.text, "no output for 0.3s");
-	ck_assert_msg(c.res.elapsed >= 0.3 && c.res.elapsed < 1.5, "elapsed %f", c.res.elapsed);
+	ck_assert_msg(c.res.elapsed >= 0.25 && c.res.elapsed < 1.5, "elapsed %f", c.res.elapsed);
 	ck_assert_int_eq(c.nlines, 1);
 	ctx_free(&c);
 }
@@ -598,7 +600,7 @@ START_TEST(test_proc__grandchild_holding_pipe_does_not_hang)
 	/* The exit status is the main child's; killing the straggler does not change the cause. */
 	ck_assert_int_eq(c.res.cause, PV_PROC_EXITED);
 	ck_assert_int_eq(c.res.exit_code, 4);
-	ck_assert_msg(c.res.elapsed >= 0.3 && c.res.elapsed < 1.5, "elapsed %f", c.res.elapsed);
+	ck_assert_msg(c.res.elapsed >= 0.25 && c.res.elapsed < 1.5, "elapsed %f", c.res.elapsed);
 	ck_assert_int_eq(c.nlines, 1);
 	grandchild = (pid_t)atoi(c.lines[0]);
 	ck_assert_msg(process_gone(grandchild), "grandchild %d survived", (int)grandchild);
