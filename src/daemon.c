@@ -16,6 +16,7 @@
 
 #include "config/config.h"
 #include "ctl/commands.h"
+#include "ctl/report.h"
 #include "ctl/server.h"
 #include "jobs/catalog.h"
 #include "jobs/job.h"
@@ -884,6 +885,12 @@ pv_daemon_status_json(struct pv_daemon *d)
 			json_object_set_new(obj, "rpo", db->rpo ? json_integer(db->rpo) : json_null());
 			json_object_set_new(obj, "rto", db->rto ? json_integer(db->rto) : json_null());
 			json_object_set_new(dj, "objectives", obj);
+		}
+		{
+			json_t *rr = pv_report_rpo_rto(d->state, d->cfg, db, time(NULL));
+			json_object_set(dj, "rpo", json_object_get(rr, "rpo"));
+			json_object_set(dj, "rto", json_object_get(rr, "rto"));
+			json_decref(rr);
 		}
 		json_array_append_new(dbs, dj);
 	}

@@ -12,6 +12,8 @@
 
 #include <jansson.h>
 
+#include "cli/report.h"
+#include "cli/restore.h"
 #include "crypto/crypto.h"
 #include "ctl/protocol.h"
 #include "sched/cron.h"
@@ -42,6 +44,9 @@ usage(FILE *out)
 	        "  backups [DATABASE]     stored backups with size, tier, verified state\n"
 	        "  verify BACKUP_ID       verify one backup now (ID, or DATABASE/JOB/ID)\n"
 	        "  prune [--dry-run]      apply retention now, or show what it would delete (admins)\n"
+	        "  report [--json]        disaster-recovery readiness report per database (Markdown)\n"
+	        "  restore ID|latest --database DB --to CONNINFO [--force]\n"
+	        "                         restore a backup into a database and validate it (admins)\n"
 	        "commands (offline):\n"
 	        "  schedule \"CRON\" [--tz ZONE] [--from TIME] [--count N]\n"
 	        "                         print the next run times, one RFC 3339 UTC time per line\n"
@@ -238,6 +243,7 @@ print_status(json_t *d)
 		       json_is_object(h) ? str(h, "result", "?") : "unknown", lat, ver,
 		       json_is_object(h) ? str(h, "finished", "-") : "-", newest,
 		       json_is_object(h) ? str(h, "cause", "") : "");
+		pv_cli_print_rpo_rto(db);
 	}
 }
 
@@ -643,6 +649,8 @@ main(int argc, char **argv)
 		return cmd_decrypt(argc, argv);
 	if (strcmp(cmd, "verify-file") == 0)
 		return cmd_verify_file(argc, argv);
+	if (strcmp(cmd, "restore") == 0)
+		return pv_cli_restore(cli.socket, cli.json, argc, argv);
 
 	if (strcmp(cmd, "status") == 0 || strcmp(cmd, "jobs") == 0 || strcmp(cmd, "reload") == 0) {
 		if (argc != 1) {
@@ -670,6 +678,13 @@ main(int argc, char **argv)
 		}
 		cli.no_timeout = true;
 		req = pv_ctl_request_new("verify", json_pack("{s:s}", "backup", argv[1]));
+	} else if (strcmp(cmd, "report") == 0) {
+		if (argc > 2 || (argc == 2 && strcmp(argv[1], "--json") != 0)) {
+			fprintf(stderr, "usage: pgvigilctl report [--json]\n");
+			return EXIT_USAGE;
+		}
+		cli.json = cli.json || argc == 2;
+		req = pv_ctl_request_new("report", NULL);
 	} else if (strcmp(cmd, "prune") == 0) {
 		bool dry = argc == 2 && strcmp(argv[1], "--dry-run") == 0;
 		if (argc > 2 || (argc == 2 && !dry)) {
@@ -703,6 +718,8 @@ main(int argc, char **argv)
 			print_backups(data);
 		} else if (strcmp(cmd, "prune") == 0) {
 			print_prune(data);
+		} else if (strcmp(cmd, "report") == 0) {
+			pv_cli_report(data, false);
 		} else if (strcmp(cmd, "verify") == 0) {
 			if (json_is_true(json_object_get(data, "ok"))) {
 				printf("verified %s/%s/%s in %.1fs\n", str(data, "database", "?"),

@@ -9,6 +9,8 @@
 #include "config/config.h"
 #include "crypto/crypto.h"
 #include "daemon.h"
+#include "ctl/report.h"
+#include "ctl/restore.h"
 #include "jobs/retention.h"
 #include "jobs/verify.h"
 #include "state/state.h"
@@ -203,5 +205,8 @@ const struct pv_ctl_command pv_ctl_commands[] = {
         {.name = "backups", .handler = cmd_backups},
         {.name = "verify", .async = cmd_verify},
         {.name = "prune", .mutating = true, .handler = cmd_prune},
+        {.name = "restore", .mutating = true, .async = pv_ctl_restore},
+        {.name = "restore-progress", .handler = pv_ctl_restore_progress},
+        {.name = "report", .handler = pv_ctl_report},
         {.name = NULL},
 };

@@ -672,10 +672,23 @@ start(struct pv_job_run *run)
 	}
 	b->key = pv_crypto_keyring_current(b->ring);
 	b->started = run->started;
-	b->id = pv_store_backup_id(b->started, b->job->tier);
 	b->job_dir = pv_asprintf("%s/%s/%s", st->path, b->db->name, b->job->name);
-	b->tmp_dir = pv_asprintf("%s/.tmp-%s", b->job_dir, b->id);
-	b->final_dir = pv_asprintf("%s/%s", b->job_dir, b->id);
+	/* Ids have one-second resolution: a second run within the same second gets "-2", "-3"... */
+	for (int n = 1;; n++) {
+		char *base = pv_store_backup_id(b->started, b->job->tier);
+		struct stat sb;
+
+		b->id = n == 1 ? base : pv_asprintf("%s-%d", base, n);
+		if (n > 1)
+			free(base);
+		b->tmp_dir = pv_asprintf("%s/.tmp-%s", b->job_dir, b->id);
+		b->final_dir = pv_asprintf("%s/%s", b->job_dir, b->id);
+		if (n >= 99 || (stat(b->final_dir, &sb) != 0 && stat(b->tmp_dir, &sb) != 0))
+			break;
+		free(b->id);
+		free(b->tmp_dir);
+		free(b->final_dir);
+	}
 	run->impl = b;
 
 	so.conninfo = b->db->conninfo;

@@ -16,6 +16,7 @@ static const struct pv_job_ops *const job_types[PV_JOB_TYPE_COUNT] = {
         [PV_JOB_BACKUP] = &pv_job_backup_ops,       [PV_JOB_HEALTH] = &pv_job_health_ops,
         [PV_JOB_INTEGRITY] = &pv_job_integrity_ops, [PV_JOB_VERIFY] = &pv_job_verify_ops,
         [PV_JOB_STORAGE] = &pv_job_storage_ops,     [PV_JOB_RESTORE_PROBE] = &pv_job_probe_ops,
+        [PV_JOB_DRILL] = &pv_job_drill_ops,
 };
 
 const struct pv_job_ops *

@@ -49,8 +49,10 @@ enum phase {
 	PH_RECHECK,
 	PH_MEASURE,
 	PH_ORPHANS,
+	PH_CHECKS,
 	PH_ASSERT,
-	PH_DROP
+	PH_DROP,
+	PH_DONE
 };
 
 static const char *const phase_names[] = {
@@ -61,12 +63,43 @@ static const char *const phase_names[] = {
         [PH_RECHECK] = "re-reading the stored file",
         [PH_MEASURE] = "validating the restored copy",
         [PH_ORPHANS] = "checking foreign keys for orphaned rows",
+        [PH_CHECKS] = "checking sequences and indexes",
         [PH_ASSERT] = "running assertions",
         [PH_DROP] = "dropping the scratch database",
+        [PH_DONE] = "finished",
 };
 
-struct probe {
-	struct pv_job_run *run;
+/* In restore mode the phases name the operator's database, not a scratch one. */
+static const char *phase_name(const struct pv_probe *p);
+
+struct pv_probe {
+	enum pv_probe_mode mode;
+	struct pv_job_run *run; /* job modes */
+	/* What a run provides, copied so the restore command can run without one. */
+	struct event_base *base;
+	struct evdns_base *dns;
+	struct pv_state *state;
+	struct pv_config *cfg; /* restore mode: a reference held */
+	time_t started;
+	double started_mono, deadline_mono;
+	char logctx[160]; /* "job=NAME run=ID" or "restore=DATABASE" */
+
+	/* restore mode */
+	char *backup_ref;
+	char *target_admin_conninfo; /* the target server's postgres database */
+	bool force, clean;
+	struct pv_pg_restore_op *rop; /* target preparation or drill checks in flight */
+	struct pv_pg_target_result target_res;
+	pv_probe_restore_cb restore_cb;
+	void *restore_arg;
+
+	/* drill mode */
+	json_t *measure_expected; /* expected with every table listed for hashing */
+	json_t *table_hashes;     /* measured: every table */
+	json_t *checks;           /* sequences and indexes report */
+	double t_hash1;           /* the measure (counts and hashes) ended */
+
+	double t_create0, t_create1;
 	const struct pv_config_database *db;
 	const struct pv_config_restore_target *target;
 	enum phase phase;
@@ -117,12 +150,12 @@ struct probe {
 	char failure[1024];
 };
 
-static void next(struct probe *p);
+static void next(struct pv_probe *p);
 
 /* ---- completion ---- */
 
 static json_int_t
-previous_failures(struct probe *p)
+previous_failures(struct pv_probe *p)
 {
 	struct pv_state_run *runs = NULL;
 	struct pv_error err;
@@ -155,7 +188,7 @@ previous_failures(struct probe *p)
 }
 
 static void
-probe_free(struct probe *p)
+probe_free(struct pv_probe *p)
 {
 	if (p->deadline != NULL)
 		event_free(p->deadline);
@@ -170,7 +203,93 @@ probe_free(struct probe *p)
 	free(p->scratch_conninfo);
 	free(p->password);
 	free(p->pg_restore);
+	free(p->backup_ref);
+	free(p->target_admin_conninfo);
+	json_decref(p->measure_expected);
+	json_decref(p->table_hashes);
+	json_decref(p->checks);
+	pv_config_unref(p->mode == PV_PROBE_RESTORE ? p->cfg : NULL);
 	free(p);
+}
+
+static const char *
+kind_name(const struct pv_probe *p)
+{
+	switch (p->mode) {
+	case PV_PROBE_DRILL: return "drill";
+	case PV_PROBE_RESTORE: return "restore";
+	case PV_PROBE_PROBE: break;
+	}
+	return "restore probe";
+}
+
+static const char *
+phase_name(const struct pv_probe *p)
+{
+	if (p->mode == PV_PROBE_RESTORE && p->phase == PH_CREATE)
+		return "preparing the target database";
+	return phase_names[p->phase];
+}
+
+static double
+span(double t0, double t1, double now)
+{
+	if (t0 <= 0)
+		return 0;
+	return (t1 > 0 ? t1 : now) - t0;
+}
+
+/* The drill's record: what was restored, how long each phase took, the measured RTO. */
+static json_t *
+drill_summary(struct pv_probe *p, enum pv_run_result result, double now, double total)
+{
+	json_t *sum = json_object(), *phases = json_object(), *b;
+	int64_t objective = p->db ? p->db->rto : 0;
+
+	if (p->have_backup) {
+		b = json_pack("{s:s,s:s,s:s,s:I,s:I,s:I}", "id", p->backup.id, "job", p->backup.job, "tier",
+		              p->backup.tier ? p->backup.tier : "", "size", (json_int_t)p->backup.size,
+		              "archive_size", (json_int_t)p->backup.archive_size, "age_seconds",
+		              (json_int_t)(p->started - p->backup.finished));
+		json_object_set_new(sum, "backup", b);
+	}
+	/* hash: the measure (every table counted and hashed, compared with the manifest); validate:
+	 * what follows it (FK orphans, sequences, indexes, assertions). */
+	json_object_set_new(phases, "create", json_real(span(p->t_create0, p->t_create1, now)));
+	json_object_set_new(phases, "restore", json_real(span(p->t_restore0, p->t_restore1, now)));
+	json_object_set_new(phases, "hash", json_real(span(p->t_valid0, p->t_hash1, now)));
+	json_object_set_new(phases, "validate", json_real(span(p->t_hash1, p->t_valid1, now)));
+	json_object_set_new(phases, "drop", json_real(span(p->t_drop0, p->t_drop1, now)));
+	json_object_set_new(sum, "phases", phases);
+	json_object_set_new(sum, "result", json_string(pv_run_result_name(result)));
+	json_object_set_new(sum, "rto_seconds", json_real(total));
+	json_object_set_new(sum, "rto_objective_seconds",
+	                    objective > 0 ? json_integer(objective) : json_null());
+	json_object_set_new(sum, "rto_met",
+	                    objective > 0 ? json_boolean(total <= (double)objective) : json_null());
+	json_object_set_new(sum, "tables", json_integer((json_int_t)p->ntables));
+	json_object_set_new(sum, "rows", json_integer(p->nrows));
+	if (p->table_hashes != NULL) {
+		json_t *eh = json_object_get(p->expected, "critical_table_hashes");
+		json_object_set_new(sum, "tables_hashed",
+		                    json_integer((json_int_t)json_object_size(p->table_hashes)));
+		json_object_set_new(sum, "hashes_compared", json_integer((json_int_t)json_object_size(eh)));
+		json_object_set(sum, "table_hashes", p->table_hashes);
+	}
+	if (p->checks != NULL) {
+		json_object_set(sum, "sequences", json_object_get(p->checks, "sequences"));
+		json_object_set(sum, "sequences_behind", json_object_get(p->checks, "sequences_behind"));
+		json_object_set(sum, "indexes", json_object_get(p->checks, "indexes"));
+		json_object_set(sum, "indexes_invalid", json_object_get(p->checks, "indexes_invalid"));
+	}
+	json_object_set(sum, "mismatches", p->mismatches);
+	return sum;
+}
+
+static const char *
+jstr(json_t *o, const char *k)
+{
+	return json_string_value(json_object_get(o, k));
 }
 
 static void add_cause(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -188,18 +307,18 @@ add_cause(char *buf, size_t size, const char *fmt, ...)
 	va_end(ap);
 }
 
-/* Nothing is pending any more: record the figures, release the backup, hand the run back. */
+/* Nothing is pending any more: record the figures, release the backup, hand the result back. */
 static void
-complete(struct probe *p)
+complete(struct pv_probe *p)
 {
 	struct pv_job_run *run = p->run;
-	json_t *fig = run->figures;
+	json_t *fig = run != NULL ? run->figures : NULL;
 	enum pv_run_result result = PV_RUN_OK;
 	char cause[1024] = "";
-	double now = pv_now_mono();
+	double now = pv_now_mono(), total = now - p->started_mono;
 	size_t nmis = json_array_size(p->mismatches);
-	json_int_t prev;
 
+	p->phase = PH_DONE;
 	if (p->failed) {
 		result = p->fail_result;
 		pv_strlcpy(cause, p->failure, sizeof(cause));
@@ -223,30 +342,34 @@ complete(struct probe *p)
 	}
 
 	if (fig == NULL)
-		fig = run->figures = json_object();
+		fig = json_object();
+	if (run != NULL)
+		run->figures = fig;
 	if (p->have_backup) {
 		json_object_set_new(fig, "backup_id", json_string(p->backup.id));
 		json_object_set_new(fig, "backup_job", json_string(p->backup.job));
 		json_object_set_new(fig, "backup_age_seconds",
-		                    json_integer((json_int_t)(run->started - p->backup.finished)));
+		                    json_integer((json_int_t)(p->started - p->backup.finished)));
 	}
-	if (p->scratch != NULL) {
+	if (p->scratch != NULL && p->mode != PV_PROBE_RESTORE) {
 		json_object_set_new(fig, "scratch_database", json_string(p->scratch));
 		json_object_set_new(fig, "restore_target", json_string(p->target->name));
 		json_object_set_new(fig, "scratch_dropped", json_boolean(p->dropped || !p->maybe_created));
 	}
 	if (p->pg_restore_version[0])
 		json_object_set_new(fig, "pg_restore_version", json_string(p->pg_restore_version));
+	if (p->t_create0 > 0)
+		json_object_set_new(fig, "create_seconds", json_real(span(p->t_create0, p->t_create1, now)));
 	if (p->t_restore0 > 0) {
 		json_object_set_new(fig, "restore_mode", json_string("stream"));
 		json_object_set_new(fig, "restore_seconds",
-		                    json_real((p->t_restore1 > 0 ? p->t_restore1 : now) - p->t_restore0));
+		                    json_real(span(p->t_restore0, p->t_restore1, now)));
 		json_object_set_new(fig, "archive_bytes", json_integer((json_int_t)p->rres.bytes_in));
 		json_object_set_new(fig, "stored_bytes", json_integer((json_int_t)p->rres.bytes_out));
 	}
 	if (p->t_valid0 > 0) {
 		json_object_set_new(fig, "validation_seconds",
-		                    json_real((p->t_valid1 > 0 ? p->t_valid1 : now) - p->t_valid0));
+		                    json_real(span(p->t_valid0, p->t_valid1, now)));
 		json_object_set_new(fig, "tables", json_integer((json_int_t)p->ntables));
 		json_object_set_new(fig, "rows", json_integer(p->nrows));
 		if (p->fk_checked) {
@@ -257,39 +380,71 @@ complete(struct probe *p)
 		json_object_set_new(fig, "assertions_passed", json_integer((json_int_t)p->asserts_passed));
 	}
 	if (p->t_drop0 > 0)
-		json_object_set_new(fig, "drop_seconds",
-		                    json_real((p->t_drop1 > 0 ? p->t_drop1 : now) - p->t_drop0));
-	json_object_set_new(fig, "total_seconds", json_real(now - run->started_mono));
+		json_object_set_new(fig, "drop_seconds", json_real(span(p->t_drop0, p->t_drop1, now)));
+	json_object_set_new(fig, "total_seconds", json_real(total));
 	json_object_set(fig, "mismatches", p->mismatches);
-	/* For the restore_failures rule: a cancel (daemon stopping) is neither failure nor success. */
-	prev = previous_failures(p);
-	json_object_set_new(fig, "consecutive_failures",
-	                    json_integer(result == PV_RUN_OK          ? 0
-	                                 : result == PV_RUN_CANCELLED ? prev
-	                                                              : prev + 1));
+	if (p->mode == PV_PROBE_DRILL) {
+		json_t *sum = drill_summary(p, result, now, total);
+		json_object_set(fig, "rto_seconds", json_object_get(sum, "rto_seconds"));
+		json_object_set(fig, "rto_objective_seconds", json_object_get(sum, "rto_objective_seconds"));
+		json_object_set(fig, "rto_met", json_object_get(sum, "rto_met"));
+		json_object_set_new(fig, "summary", sum);
+	}
+	if (run != NULL) {
+		/* For the restore_failures rule: a cancel (daemon stopping) is neither failure nor success.
+		 */
+		json_int_t prev = previous_failures(p);
+		json_object_set_new(fig, "consecutive_failures",
+		                    json_integer(result == PV_RUN_OK          ? 0
+		                                 : result == PV_RUN_CANCELLED ? prev
+		                                                              : prev + 1));
+	}
 
 	if (p->in_use)
-		pv_state_backup_use(run->state, p->backup.database, p->backup.job, p->backup.id, -1, NULL);
+		pv_state_backup_use(p->state, p->backup.database, p->backup.job, p->backup.id, -1, NULL);
 	if (result == PV_RUN_OK)
-		pv_log_info("restore probe passed job=%s run=%lld backup=%s scratch=%s restore=%.3fs "
-		            "validation=%.3fs tables=%zu rows=%lld",
-		            run->job->name, (long long)run->id, p->label, p->scratch,
-		            p->t_restore1 - p->t_restore0, p->t_valid1 - p->t_valid0, p->ntables, p->nrows);
+		pv_log_info("%s passed %s backup=%s database=%s restore=%.3fs validation=%.3fs tables=%zu "
+		            "rows=%lld total=%.3fs",
+		            kind_name(p), p->logctx, p->label, p->scratch, p->t_restore1 - p->t_restore0,
+		            p->t_valid1 - p->t_valid0, p->ntables, p->nrows, total);
+	else if (p->mode == PV_PROBE_RESTORE)
+		pv_log_error("restore failed %s backup=%s database=%s cause=%s", p->logctx, p->label,
+		             p->scratch, pv_log_quote(cause));
+	if (p->mode == PV_PROBE_RESTORE) {
+		pv_probe_restore_cb cb = p->restore_cb;
+		void *arg = p->restore_arg;
+		json_t *b = json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:I}", "database", p->backup.database, "job",
+		                      p->backup.job, "id", p->backup.id, "tier",
+		                      p->backup.tier ? p->backup.tier : "", "finished",
+		                      (json_int_t)p->backup.finished, "size", (json_int_t)p->backup.size,
+		                      "archive_size", (json_int_t)p->backup.archive_size);
+		json_object_set_new(fig, "ok", json_boolean(result == PV_RUN_OK));
+		json_object_set_new(fig, "cause", result == PV_RUN_OK ? json_null() : json_string(cause));
+		json_object_set_new(fig, "backup", b);
+		json_object_set_new(fig, "database", json_string(p->db->name));
+		json_object_set_new(fig, "target", json_string(p->scratch));
+		json_object_set_new(fig, "created", json_boolean(p->target_res.created));
+		json_object_set_new(fig, "forced", json_boolean(p->clean));
+		probe_free(p);
+		cb(fig, NULL, arg);
+		return;
+	}
 	run->impl = NULL;
 	probe_free(p);
 	pv_job_run_finish(run, result, "%s", cause);
 }
 
 static bool
-busy(const struct probe *p)
+busy(const struct pv_probe *p)
 {
 	return p->tool != NULL || p->sop != NULL || p->measure != NULL || p->orphans != NULL ||
-	       (p->reader != NULL && !p->reader_done) || (p->restore != NULL && !p->restore_done);
+	       p->rop != NULL || (p->reader != NULL && !p->reader_done) ||
+	       (p->restore != NULL && !p->restore_done);
 }
 
 /* Stop what can be stopped; what cannot (a sent CREATE DATABASE, a drop) reports later. */
 static void
-stop_work(struct probe *p)
+stop_work(struct pv_probe *p)
 {
 	if (p->tool != NULL) {
 		pv_pgtool_cancel(p->tool);
@@ -303,6 +458,10 @@ stop_work(struct probe *p)
 		json_decref(pv_pg_integrity_cancel(p->orphans));
 		p->orphans = NULL;
 	}
+	if (p->rop != NULL) {
+		pv_pg_restore_op_cancel(p->rop);
+		p->rop = NULL;
+	}
 	if (p->sop != NULL && p->phase == PH_ASSERT) {
 		pv_pg_scratch_cancel(p->sop);
 		p->sop = NULL;
@@ -313,12 +472,12 @@ stop_work(struct probe *p)
 		pv_store_reader_cancel(p->reader);
 }
 
-static void fail(struct probe *p, enum pv_run_result result, const char *fmt, ...)
+static void fail(struct pv_probe *p, enum pv_run_result result, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));
 
 /* Record the first failure, stop, and go on to the drop (next() decides when). */
 static void
-fail(struct probe *p, enum pv_run_result result, const char *fmt, ...)
+fail(struct pv_probe *p, enum pv_run_result result, const char *fmt, ...)
 {
 	if (!p->failed) {
 		va_list ap;
@@ -334,7 +493,7 @@ fail(struct probe *p, enum pv_run_result result, const char *fmt, ...)
 
 /* A stop from outside (cancel, deadline): no new work except the drop. */
 static void
-stop(struct probe *p, enum pv_run_result result, const char *why)
+stop(struct pv_probe *p, enum pv_run_result result, const char *why)
 {
 	p->stopping = true;
 	if (p->phase == PH_DROP && !p->failed) {
@@ -346,8 +505,10 @@ stop(struct probe *p, enum pv_run_result result, const char *why)
 		next(p);
 		return;
 	}
-	fail(p, result, "%s while %s%s", why, phase_names[p->phase],
-	     p->maybe_created || p->phase == PH_CREATE ? "; the scratch database is dropped" : "");
+	fail(p, result, "%s while %s%s", why, phase_name(p),
+	     p->mode != PV_PROBE_RESTORE && (p->maybe_created || p->phase == PH_CREATE)
+	             ? "; the scratch database is dropped"
+	             : "");
 }
 
 /* ---- drop ---- */
@@ -355,36 +516,34 @@ stop(struct probe *p, enum pv_run_result result, const char *why)
 static void
 on_drop(const struct pv_pg_scratch_result *res, void *arg)
 {
-	struct probe *p = arg;
+	struct pv_probe *p = arg;
 
 	p->sop = NULL;
 	p->t_drop1 = pv_now_mono();
 	if (res->ok) {
 		p->dropped = true;
-		pv_log_info("scratch database dropped job=%s run=%lld database=%s target=%s seconds=%.3f",
-		            p->run->job->name, (long long)p->run->id, p->scratch, p->target->name,
-		            p->t_drop1 - p->t_drop0);
+		pv_log_info("scratch database dropped %s database=%s target=%s seconds=%.3f", p->logctx,
+		            p->scratch, p->target->name, p->t_drop1 - p->t_drop0);
 	} else {
 		snprintf(p->drop_err, sizeof(p->drop_err),
 		         "the scratch database %s on restore target %s could not be dropped: %s", p->scratch,
 		         p->target->name, res->error.msg);
-		pv_log_error("cannot drop scratch database job=%s run=%lld database=%s target=%s error=%s "
+		pv_log_error("cannot drop scratch database %s database=%s target=%s error=%s "
 		             "(it is dropped at the next start)",
-		             p->run->job->name, (long long)p->run->id, p->scratch, p->target->name,
-		             pv_log_quote(res->error.msg));
+		             p->logctx, p->scratch, p->target->name, pv_log_quote(res->error.msg));
 	}
 	complete(p);
 }
 
 static void
-start_drop(struct probe *p)
+start_drop(struct pv_probe *p)
 {
 	struct pv_error err;
 
 	p->phase = PH_DROP;
 	p->drop_started = true;
 	p->t_drop0 = pv_now_mono();
-	p->sop = pv_pg_scratch_drop(p->run->base, p->run->dns, p->target->conninfo, p->password, p->scratch,
+	p->sop = pv_pg_scratch_drop(p->base, p->dns, p->target->conninfo, p->password, p->scratch,
 	                            p->stopping ? STOP_DROP_TIMEOUT : DROP_TIMEOUT, on_drop, p, &err);
 	if (p->sop == NULL) {
 		snprintf(p->drop_err, sizeof(p->drop_err), "the scratch database %s could not be dropped: %s",
@@ -395,13 +554,14 @@ start_drop(struct probe *p)
 
 /* ---- assertions ---- */
 
-static void start_assert(struct probe *p);
-static void start_orphans(struct probe *p);
+static void start_assert(struct pv_probe *p);
+static void start_orphans(struct pv_probe *p);
+static void after_orphans(struct pv_probe *p);
 
 static void
 on_assert(const struct pv_pg_scratch_result *res, void *arg)
 {
-	struct probe *p = arg;
+	struct pv_probe *p = arg;
 	size_t i = p->next_assert++;
 	const char *sql = p->db->assertions.v[i];
 
@@ -418,7 +578,7 @@ on_assert(const struct pv_pg_scratch_result *res, void *arg)
 }
 
 static void
-start_assert(struct probe *p)
+start_assert(struct pv_probe *p)
 {
 	struct pv_error err;
 	double left;
@@ -430,14 +590,17 @@ start_assert(struct probe *p)
 	}
 	if (p->next_assert >= p->db->assertions.n) {
 		p->t_valid1 = pv_now_mono();
-		start_drop(p);
+		if (p->mode == PV_PROBE_RESTORE)
+			complete(p); /* the operator's database stays */
+		else
+			start_drop(p);
 		return;
 	}
 	/* Half a second is kept so a stalled assertion is named before the job's own deadline. */
-	left = p->run->deadline_mono - pv_now_mono() - 0.5;
+	left = p->deadline_mono - pv_now_mono() - 0.5;
 	if (left < 0.1)
 		left = 0.1;
-	p->sop = pv_pg_assert_start(p->run->base, p->run->dns, p->scratch_conninfo, p->password,
+	p->sop = pv_pg_assert_start(p->base, p->dns, p->scratch_conninfo, p->password,
 	                            p->db->assertions.v[p->next_assert], left, on_assert, p, &err);
 	if (p->sop == NULL) {
 		struct pv_pg_scratch_result res = {.ok = false};
@@ -473,7 +636,7 @@ array_has(json_t *a, const char *s)
 
 /* Every difference between what the manifest expects and what was restored, named. */
 static void
-compare(struct probe *p, json_t *exp, json_t *got)
+compare(struct pv_probe *p, json_t *exp, json_t *got)
 {
 	json_t *et = json_object_get(exp, "tables"), *gt = json_object_get(got, "tables");
 	json_t *ec = json_object_get(exp, "row_counts"), *gc = json_object_get(got, "row_counts");
@@ -536,7 +699,7 @@ compare(struct probe *p, json_t *exp, json_t *got)
 static void
 on_orphans(json_t *report, const struct pv_error *err, void *arg)
 {
-	struct probe *p = arg;
+	struct pv_probe *p = arg;
 	json_t *d;
 	size_t i;
 
@@ -544,7 +707,7 @@ on_orphans(json_t *report, const struct pv_error *err, void *arg)
 	if (report == NULL) {
 		json_array_append_new(p->mismatches, json_sprintf("the foreign-key orphan check failed: %s",
 		                                                  err ? err->msg : "unknown"));
-		start_assert(p);
+		after_orphans(p);
 		return;
 	}
 	p->fk_checked = true;
@@ -572,33 +735,96 @@ on_orphans(json_t *report, const struct pv_error *err, void *arg)
 		                                   (long long)json_integer_value(
 		                                           json_object_get(report, "details_omitted"))));
 	/* Borrowed: integrity.c releases the report after this callback returns. */
-	start_assert(p);
+	after_orphans(p);
 }
 
 static void
-start_orphans(struct probe *p)
+start_orphans(struct pv_probe *p)
 {
 	struct pv_pg_integrity_opts o = {0};
 	struct pv_error err;
-	double left = p->run->deadline_mono - pv_now_mono() - 0.5;
+	double left = p->deadline_mono - pv_now_mono() - 0.5;
 
 	p->phase = PH_ORPHANS;
 	p->next_assert = 0;
 	o.conninfo = p->scratch_conninfo;
 	o.password = p->password;
 	o.timeout = left > 0.1 ? left : 0.1;
-	p->orphans = pv_pg_integrity_start(p->run->base, p->run->dns, &o, on_orphans, p, &err);
+	p->orphans = pv_pg_integrity_start(p->base, p->dns, &o, on_orphans, p, &err);
 	if (p->orphans == NULL) {
 		json_array_append_new(p->mismatches,
 		                      json_sprintf("the foreign-key orphan check failed: %s", err.msg));
-		start_assert(p);
+		after_orphans(p);
 	}
+}
+
+/* ---- drill: sequences and indexes ---- */
+
+static void
+on_checks(json_t *report, const struct pv_error *err, void *arg)
+{
+	struct pv_probe *p = arg;
+	json_t *v;
+	size_t i;
+
+	p->rop = NULL;
+	if (report == NULL) {
+		json_array_append_new(p->mismatches,
+		                      json_sprintf("the sequence and index checks failed: %s", err->msg));
+		start_assert(p);
+		return;
+	}
+	p->checks = json_incref(report);
+	json_array_foreach(json_object_get(report, "sequences_behind"), i, v)
+	{
+		json_array_append_new(
+		        p->mismatches,
+		        json_sprintf(
+		                "sequence %s is behind its column %s.%s: last_value %s%s, but the column "
+		                "holds %s (nextval would return a value already used)",
+		                jstr(v, "sequence"), jstr(v, "table"), jstr(v, "column"),
+		                jstr(v, "last_value"),
+		                json_is_true(json_object_get(v, "is_called")) ? "" : " (not yet called)",
+		                jstr(v, "column_edge")));
+	}
+	json_array_foreach(json_object_get(report, "indexes_invalid"), i, v)
+	{
+		json_array_append_new(
+		        p->mismatches,
+		        json_sprintf("index %s on %s is not %s", jstr(v, "index"), jstr(v, "table"),
+		                     !json_is_true(json_object_get(v, "valid")) ? "valid" : "ready"));
+	}
+	start_assert(p);
+}
+
+static void
+start_checks(struct pv_probe *p)
+{
+	struct pv_error err;
+	double left = p->deadline_mono - pv_now_mono() - 0.5;
+
+	p->phase = PH_CHECKS;
+	if (p->stopping || p->failed) {
+		next(p);
+		return;
+	}
+	p->rop = pv_pg_drill_check_start(p->base, p->dns, p->scratch_conninfo, p->password,
+	                                 left > 0.1 ? left : 0.1, on_checks, p, &err);
+}
+
+static void
+after_orphans(struct pv_probe *p)
+{
+	if (p->mode == PV_PROBE_DRILL)
+		start_checks(p);
+	else
+		start_assert(p);
 }
 
 static void
 on_measured(json_t *measured, const struct pv_error *err, void *arg)
 {
-	struct probe *p = arg;
+	struct pv_probe *p = arg;
 
 	p->measure = NULL;
 	if (measured == NULL) {
@@ -606,21 +832,26 @@ on_measured(json_t *measured, const struct pv_error *err, void *arg)
 		     "validating the restored copy of %s in %s: %s", p->label, p->scratch, err->msg);
 		return;
 	}
+	p->t_hash1 = pv_now_mono();
 	compare(p, p->expected, measured);
+	if (p->mode == PV_PROBE_DRILL)
+		p->table_hashes = json_incref(json_object_get(measured, "critical_table_hashes"));
 	json_decref(measured);
 	start_orphans(p);
 }
 
 static void
-start_measure(struct probe *p)
+start_measure(struct pv_probe *p)
 {
 	struct pv_error err;
-	double left = p->run->deadline_mono - pv_now_mono();
+	double left = p->deadline_mono - pv_now_mono();
 
 	p->phase = PH_MEASURE;
 	p->t_valid0 = pv_now_mono();
-	p->measure = pv_pg_measure_start(p->run->base, p->run->dns, p->scratch_conninfo, p->password,
-	                                 left > 0.1 ? left : 0.1, p->expected, on_measured, p, &err);
+	/* A drill hashes every table in the same pass: a hashed table's count comes with its hash. */
+	p->measure = pv_pg_measure_start(
+	        p->base, p->dns, p->scratch_conninfo, p->password, left > 0.1 ? left : 0.1,
+	        p->measure_expected ? p->measure_expected : p->expected, on_measured, p, &err);
 	if (p->measure == NULL)
 		fail(p, PV_RUN_FAILED, "validating the restored copy of %s: %s", p->label, err.msg);
 }
@@ -630,7 +861,7 @@ start_measure(struct probe *p)
 static void
 on_recheck(struct pv_store_reader *r, const struct pv_store_result *res, void *arg)
 {
-	struct probe *p = arg;
+	struct pv_probe *p = arg;
 
 	p->reader = NULL;
 	p->reader_done = true;
@@ -641,7 +872,7 @@ on_recheck(struct pv_store_reader *r, const struct pv_store_result *res, void *a
 /* pg_restore failed while the stored file was still being read: find out whether the file is
  * to blame, so the cause names corruption rather than its consequence. */
 static bool
-start_recheck(struct probe *p)
+start_recheck(struct pv_probe *p)
 {
 	struct pv_store_reader_opts ro = {0};
 	struct pv_error err;
@@ -652,7 +883,7 @@ start_recheck(struct probe *p)
 	ro.expect_sha256 = p->backup.sha256;
 	p->phase = PH_RECHECK;
 	p->reader_done = false;
-	p->reader = pv_store_reader_start(p->run->base, &ro, on_recheck, p, &err);
+	p->reader = pv_store_reader_start(p->base, &ro, on_recheck, p, &err);
 	if (p->reader == NULL) {
 		p->reader_done = true;
 		return false;
@@ -661,7 +892,7 @@ start_recheck(struct probe *p)
 }
 
 static void
-restore_finished(struct probe *p)
+restore_finished(struct pv_probe *p)
 {
 	const char *msg = p->restore_err[0] ? p->restore_err : p->restore_last;
 
@@ -691,16 +922,16 @@ restore_finished(struct probe *p)
 		     p->rres.error.msg);
 		return;
 	}
-	pv_log_info("backup restored job=%s run=%lld backup=%s scratch=%s seconds=%.3f archive_bytes=%llu",
-	            p->run->job->name, (long long)p->run->id, p->label, p->scratch,
-	            p->t_restore1 - p->t_restore0, (unsigned long long)p->rres.bytes_in);
+	pv_log_info("backup restored %s backup=%s scratch=%s seconds=%.3f archive_bytes=%llu", p->logctx,
+	            p->label, p->scratch, p->t_restore1 - p->t_restore0,
+	            (unsigned long long)p->rres.bytes_in);
 	start_measure(p);
 }
 
 static void
 on_reader(struct pv_store_reader *r, const struct pv_store_result *res, void *arg)
 {
-	struct probe *p = arg;
+	struct pv_probe *p = arg;
 
 	p->rres = *res;
 	p->reader_done = true;
@@ -714,10 +945,9 @@ on_reader(struct pv_store_reader *r, const struct pv_store_result *res, void *ar
 static void
 on_restore_stderr(struct pv_proc *proc, const char *line, void *arg)
 {
-	struct probe *p = arg;
+	struct pv_probe *p = arg;
 
-	pv_log_warn("pg_restore: %s job=%s run=%lld scratch=%s", line, p->run->job->name,
-	            (long long)p->run->id, p->scratch);
+	pv_log_warn("pg_restore: %s %s scratch=%s", line, p->logctx, p->scratch);
 	pv_strlcpy(p->restore_last, line, sizeof(p->restore_last));
 	if (p->restore_err[0] == '\0' && strstr(line, "error:") != NULL)
 		pv_strlcpy(p->restore_err, line, sizeof(p->restore_err));
@@ -726,7 +956,7 @@ on_restore_stderr(struct pv_proc *proc, const char *line, void *arg)
 static void
 on_restore(struct pv_proc *proc, const struct pv_proc_result *res, void *arg)
 {
-	struct probe *p = arg;
+	struct pv_probe *p = arg;
 
 	p->pres = *res;
 	p->restore_done = true;
@@ -736,11 +966,11 @@ on_restore(struct pv_proc *proc, const struct pv_proc_result *res, void *arg)
 }
 
 static void
-start_restore(struct probe *p)
+start_restore(struct pv_probe *p)
 {
 	struct pv_store_reader_opts ro = {0};
 	struct pv_proc_opts po = {0};
-	const char *argv[10];
+	const char *argv[12];
 	size_t argc = 0;
 	char **env;
 	struct pv_error err;
@@ -757,11 +987,16 @@ start_restore(struct probe *p)
 	argv[argc++] = "--no-owner";
 	argv[argc++] = "--no-privileges";
 	argv[argc++] = "--exit-on-error";
+	if (p->clean) {
+		/* restore --force over a database that has tables: replace what the archive holds */
+		argv[argc++] = "--clean";
+		argv[argc++] = "--if-exists";
+	}
 	argv[argc++] = "--no-password";
 	argv[argc++] = "-d";
 	argv[argc++] = p->scratch_conninfo;
 	argv[argc] = NULL;
-	env = pv_pgtool_env("pgvigil-probe", p->password);
+	env = pv_pgtool_env(p->mode == PV_PROBE_RESTORE ? "pgvigil-restore" : "pgvigil-probe", p->password);
 	po.argv = argv;
 	po.envp = (const char *const *)env;
 	po.stdin_fd = fds[0];
@@ -770,7 +1005,7 @@ start_restore(struct probe *p)
 	po.on_done = on_restore;
 	po.arg = p;
 	p->restore_done = p->reader_done = false;
-	p->restore = pv_proc_spawn(p->run->base, &po, &err);
+	p->restore = pv_proc_spawn(p->base, &po, &err);
 	pv_pgtool_env_free(env);
 	close(fds[0]);
 	if (p->restore == NULL) {
@@ -782,7 +1017,7 @@ start_restore(struct probe *p)
 	ro.ring = p->ring;
 	ro.out_fd = fds[1];
 	ro.expect_sha256 = p->backup.sha256;
-	p->reader = pv_store_reader_start(p->run->base, &ro, on_reader, p, &err);
+	p->reader = pv_store_reader_start(p->base, &ro, on_reader, p, &err);
 	if (p->reader == NULL) {
 		p->rres.ok = false;
 		p->rres.error = err;
@@ -796,15 +1031,16 @@ start_restore(struct probe *p)
 static void
 on_create(const struct pv_pg_scratch_result *res, void *arg)
 {
-	struct probe *p = arg;
+	struct pv_probe *p = arg;
 
 	p->sop = NULL;
+	p->t_create1 = pv_now_mono();
 	/* A name taken by someone else is not ours to drop; an unknown outcome is. */
 	if (res->ok || (res->sent && res->error.code != PV_ERR_PG_QUERY))
 		p->maybe_created = true;
 	if (res->ok)
-		pv_log_info("scratch database created job=%s run=%lld database=%s target=%s",
-		            p->run->job->name, (long long)p->run->id, p->scratch, p->target->name);
+		pv_log_info("scratch database created %s database=%s target=%s", p->logctx, p->scratch,
+		            p->target->name);
 	if (p->stopping || p->failed) {
 		next(p);
 		return;
@@ -817,16 +1053,62 @@ on_create(const struct pv_pg_scratch_result *res, void *arg)
 	start_restore(p);
 }
 
+/* Restore mode: the operator's database, created when missing, refused when it has tables. */
 static void
-start_create(struct probe *p)
+on_target(const struct pv_pg_target_result *res, void *arg)
+{
+	struct pv_probe *p = arg;
+
+	p->rop = NULL;
+	p->t_create1 = pv_now_mono();
+	p->target_res = *res;
+	if (res->created)
+		pv_log_notice("restore target database created %s database=%s", p->logctx, p->scratch);
+	if (p->stopping || p->failed) {
+		next(p);
+		return;
+	}
+	if (!res->ok) {
+		fail(p, PV_RUN_FAILED, "cannot prepare the target database %s: %s", p->scratch,
+		     res->error.msg);
+		return;
+	}
+	if (res->existed && res->user_tables > 0) {
+		if (!p->force) {
+			fail(p, PV_RUN_FAILED,
+			     "the target database %s is not empty: it has %lld user table%s (%s%s); nothing "
+			     "was "
+			     "restored. HINT: restore into a new database, or use --force to restore over it "
+			     "(pg_restore --clean --if-exists)",
+			     p->scratch, res->user_tables, res->user_tables == 1 ? "" : "s", res->some_tables,
+			     res->user_tables > 3 ? ", ..." : "");
+			return;
+		}
+		p->clean = true;
+		pv_log_warn("restoring over a non-empty database (--force) %s database=%s user_tables=%lld",
+		            p->logctx, p->scratch, res->user_tables);
+	}
+	start_restore(p);
+}
+
+static void
+start_create(struct pv_probe *p)
 {
 	struct pv_error err;
-	double left = p->run->deadline_mono - pv_now_mono();
+	double left = p->deadline_mono - pv_now_mono();
 
 	p->phase = PH_CREATE;
+	p->t_create0 = pv_now_mono();
 	if (left > CREATE_TIMEOUT)
 		left = CREATE_TIMEOUT;
-	p->sop = pv_pg_scratch_create(p->run->base, p->run->dns, p->target->conninfo, p->password, p->scratch,
+	if (p->mode == PV_PROBE_RESTORE) {
+		p->rop = pv_pg_target_prepare(p->base, p->dns, p->target_admin_conninfo, p->scratch_conninfo,
+		                              p->password, p->scratch, CREATE_TIMEOUT, on_target, p, &err);
+		if (p->rop == NULL)
+			fail(p, PV_RUN_FAILED, "cannot prepare the target database: %s", err.msg);
+		return;
+	}
+	p->sop = pv_pg_scratch_create(p->base, p->dns, p->target->conninfo, p->password, p->scratch,
 	                              left > 0.1 ? left : 0.1, on_create, p, &err);
 	if (p->sop == NULL)
 		fail(p, PV_RUN_FAILED, "cannot create the scratch database: %s", err.msg);
@@ -835,7 +1117,7 @@ start_create(struct probe *p)
 static void
 on_tool(const char *path, int major, const char *version, const struct pv_error *err, void *arg)
 {
-	struct probe *p = arg;
+	struct pv_probe *p = arg;
 
 	p->tool = NULL;
 	if (path == NULL) {
@@ -849,7 +1131,7 @@ on_tool(const char *path, int major, const char *version, const struct pv_error 
 
 /* After a failure or stop: wait for what is in flight, drop what may exist, then complete. */
 static void
-next(struct probe *p)
+next(struct pv_probe *p)
 {
 	if (busy(p))
 		return;
@@ -875,12 +1157,12 @@ next(struct probe *p)
 static void
 deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct probe *p = arg;
+	struct pv_probe *p = arg;
 	char why[64];
 
 	snprintf(why, sizeof(why), "timeout after %llds", (long long)pv_config_job_timeout(p->run->job));
-	pv_log_error("restore probe passed its deadline job=%s run=%lld phase=%s", p->run->job->name,
-	             (long long)p->run->id, pv_log_quote(phase_names[p->phase]));
+	pv_log_error("%s passed its deadline %s phase=%s", kind_name(p), p->logctx,
+	             pv_log_quote(phase_name(p)));
 	stop(p, PV_RUN_TIMEOUT, why);
 }
 
@@ -904,40 +1186,18 @@ scratch_name(const char *db, time_t t)
 	return pv_asprintf("%s%s_%s", PV_PG_SCRATCH_PREFIX, part, stamp);
 }
 
-static const char *
-jstr(json_t *o, const char *k)
-{
-	return json_string_value(json_object_get(o, k));
-}
-
-/* Everything that can be checked before the first asynchronous step; false with p->failure. */
+/* The backup chosen, marked in use, its manifest read: everything but the target. */
 static bool
-prepare(struct probe *p)
+prepare_backup(struct pv_probe *p)
 {
-	struct pv_job_run *run = p->run;
-	const struct pv_config_storage *st = &run->cfg->storage;
+	const struct pv_config_storage *st = &p->cfg->storage;
 	struct pv_error err;
 	json_t *m;
-	char *conn_password = NULL;
 
-	if (p->db == NULL || p->target == NULL) {
-		snprintf(p->failure, sizeof(p->failure), "job %s has no database with a restore_target",
-		         run->job->name);
-		return false;
-	}
-	if (!pv_state_backup_newest_verified(run->state, p->db->name, NULL, &p->backup, &err)) {
-		if (err.code == PV_ERR_NOT_FOUND)
-			snprintf(p->failure, sizeof(p->failure), "no verified backup of %s to probe",
-			         p->db->name);
-		else
-			snprintf(p->failure, sizeof(p->failure), "cannot read the backup catalog: %s",
-			         err.msg);
-		return false;
-	}
 	p->have_backup = true;
 	p->label = pv_asprintf("%s/%s/%s", p->backup.database, p->backup.job, p->backup.id);
 	/* Retention must not delete it under us. */
-	if (pv_state_backup_use(run->state, p->backup.database, p->backup.job, p->backup.id, +1, &err))
+	if (pv_state_backup_use(p->state, p->backup.database, p->backup.job, p->backup.id, +1, &err))
 		p->in_use = true;
 	else
 		pv_log_warn("cannot mark backup in use backup=%s error=%s", p->label, pv_log_quote(err.msg));
@@ -963,6 +1223,19 @@ prepare(struct probe *p)
 		         "manifest of %s has no expected values to validate against", p->label);
 		return false;
 	}
+	if (p->mode == PV_PROBE_DRILL) {
+		/* Every table listed for hashing; only the manifest's own hashes are compared. */
+		json_t *hashes = json_object(), *v;
+		const char *key;
+		size_t i;
+
+		p->measure_expected = json_deep_copy(p->expected);
+		json_array_foreach(json_object_get(p->expected, "tables"), i, v) if (json_is_string(v))
+		        json_object_set_new(hashes, json_string_value(v), json_string(""));
+		json_object_foreach(json_object_get(p->expected, "critical_table_hashes"), key, v)
+		        json_object_set_new(hashes, key, json_string(""));
+		json_object_set_new(p->measure_expected, "critical_table_hashes", hashes);
+	}
 
 	p->ring = pv_crypto_keyring_load(st->encryption_key_file, st->old_key_files.v, st->old_key_files.n,
 	                                 &err);
@@ -970,6 +1243,33 @@ prepare(struct probe *p)
 		snprintf(p->failure, sizeof(p->failure), "%s", err.msg);
 		return false;
 	}
+	return true;
+}
+
+/* Everything that can be checked before the first asynchronous step; false with p->failure. */
+static bool
+prepare(struct pv_probe *p)
+{
+	struct pv_job_run *run = p->run;
+	struct pv_error err;
+	char *conn_password = NULL;
+
+	if (p->db == NULL || p->target == NULL) {
+		snprintf(p->failure, sizeof(p->failure), "job %s has no database with a restore_target",
+		         run->job->name);
+		return false;
+	}
+	if (!pv_state_backup_newest_verified(p->state, p->db->name, NULL, &p->backup, &err)) {
+		if (err.code == PV_ERR_NOT_FOUND)
+			snprintf(p->failure, sizeof(p->failure), "no verified backup of %s to %s",
+			         p->db->name, p->mode == PV_PROBE_DRILL ? "drill with" : "probe");
+		else
+			snprintf(p->failure, sizeof(p->failure), "cannot read the backup catalog: %s",
+			         err.msg);
+		return false;
+	}
+	if (!prepare_backup(p))
+		return false;
 	p->scratch = scratch_name(p->db->name, run->started);
 	p->scratch_conninfo =
 	        pv_pg_conninfo_set_dbname(p->target->conninfo, p->scratch, &conn_password, &err);
@@ -984,14 +1284,31 @@ prepare(struct probe *p)
 	return true;
 }
 
-static bool
-probe_start(struct pv_job_run *run)
+static void
+begin(struct pv_probe *p)
 {
-	struct probe *p = pv_calloc(1, sizeof(*p));
+	p->phase = PH_TOOL;
+	p->tool = pv_pgtool_find(p->base, "pg_restore", p->cfg->daemon.pg_bin_dir,
+	                         p->server_version_num > 0 ? p->server_version_num : 100000, on_tool, p);
+}
+
+static bool
+job_start(struct pv_job_run *run, enum pv_probe_mode mode)
+{
+	struct pv_probe *p = pv_calloc(1, sizeof(*p));
 	struct timeval tv;
 	double left;
 
+	p->mode = mode;
 	p->run = run;
+	p->base = run->base;
+	p->dns = run->dns;
+	p->state = run->state;
+	p->cfg = run->cfg;
+	p->started = run->started;
+	p->started_mono = run->started_mono;
+	p->deadline_mono = run->deadline_mono;
+	snprintf(p->logctx, sizeof(p->logctx), "job=%s run=%lld", run->job->name, (long long)run->id);
 	p->db = run->job->database;
 	p->target = p->db ? p->db->restore_target : NULL;
 	p->mismatches = json_array();
@@ -1003,8 +1320,8 @@ probe_start(struct pv_job_run *run)
 		complete(p);
 		return true;
 	}
-	pv_log_info("restore probe starting job=%s run=%lld backup=%s scratch=%s target=%s", run->job->name,
-	            (long long)run->id, p->label, p->scratch, p->target->name);
+	pv_log_info("%s starting %s backup=%s scratch=%s target=%s", kind_name(p), p->logctx, p->label,
+	            p->scratch, p->target->name);
 	left = run->deadline_mono - pv_now_mono();
 	if (left < 0)
 		left = 0;
@@ -1012,16 +1329,26 @@ probe_start(struct pv_job_run *run)
 	tv.tv_usec = (suseconds_t)((left - (double)tv.tv_sec) * 1e6);
 	p->deadline = evtimer_new(run->base, deadline_cb, p);
 	evtimer_add(p->deadline, &tv);
-	p->phase = PH_TOOL;
-	p->tool = pv_pgtool_find(run->base, "pg_restore", run->cfg->daemon.pg_bin_dir,
-	                         p->server_version_num > 0 ? p->server_version_num : 100000, on_tool, p);
+	begin(p);
 	return true;
+}
+
+static bool
+probe_start(struct pv_job_run *run)
+{
+	return job_start(run, PV_PROBE_PROBE);
+}
+
+static bool
+drill_start(struct pv_job_run *run)
+{
+	return job_start(run, PV_PROBE_DRILL);
 }
 
 static void
 probe_cancel(struct pv_job_run *run)
 {
-	struct probe *p = run->impl;
+	struct pv_probe *p = run->impl;
 
 	if (p == NULL)
 		return;
@@ -1031,7 +1358,7 @@ probe_cancel(struct pv_job_run *run)
 static uint64_t
 probe_progress(const struct pv_job_run *run)
 {
-	const struct probe *p = run->impl;
+	const struct pv_probe *p = run->impl;
 
 	if (p == NULL || p->reader == NULL || p->reader_done || p->phase != PH_RESTORE)
 		return 0;
@@ -1044,6 +1371,122 @@ const struct pv_job_ops pv_job_probe_ops = {
         .cancel = probe_cancel,
         .progress = probe_progress,
 };
+
+const struct pv_job_ops pv_job_drill_ops = {
+        .type = PV_JOB_DRILL,
+        .start = drill_start,
+        .cancel = probe_cancel,
+        .progress = probe_progress,
+};
+
+/* ---- emergency restore ---- */
+
+/* An emergency restore has no job timeout: the operator waits for it (or interrupts it). Every
+ * statement still gets a bound, so a server that stops answering cannot hold it forever. */
+#define RESTORE_BOUND (7.0 * 24 * 3600)
+
+static struct pv_probe *
+restore_fail(struct pv_probe *p, struct pv_error *err, enum pv_errcode code)
+{
+	pv_error_set(err, code, "%s", p->failure);
+	if (p->in_use)
+		pv_state_backup_use(p->state, p->backup.database, p->backup.job, p->backup.id, -1, NULL);
+	probe_free(p);
+	return NULL;
+}
+
+struct pv_probe *
+pv_probe_restore_start(const struct pv_probe_restore_opts *o, pv_probe_restore_cb cb, void *arg,
+                       struct pv_error *err)
+{
+	struct pv_probe *p;
+	char *dbname = NULL, *pw1 = NULL, *pw2 = NULL;
+	struct pv_error e;
+
+	if (o->backup == NULL || o->backup[0] == '\0' || o->database == NULL || o->to == NULL) {
+		pv_error_set(err, PV_ERR_USAGE, "restore: \"backup\", \"database\" and \"to\" are required");
+		return NULL;
+	}
+	if (!pv_pg_conninfo_dbname(o->to, &dbname, err))
+		return NULL;
+	p = pv_calloc(1, sizeof(*p));
+	p->mode = PV_PROBE_RESTORE;
+	p->base = o->base;
+	p->dns = o->dns;
+	p->state = o->state;
+	p->cfg = pv_config_ref(o->cfg);
+	p->force = o->force;
+	p->backup_ref = pv_strdup(o->backup);
+	p->started = time(NULL);
+	p->started_mono = p->t_start = pv_now_mono();
+	p->deadline_mono = p->started_mono + RESTORE_BOUND;
+	p->mismatches = json_array();
+	p->restore_cb = cb;
+	p->restore_arg = arg;
+	p->scratch = dbname;
+	snprintf(p->logctx, sizeof(p->logctx), "restore=%s", pv_log_quote(dbname));
+	p->db = pv_config_database_find(p->cfg, o->database);
+	if (p->db == NULL) {
+		snprintf(p->failure, sizeof(p->failure), "no database named \"%s\" in the configuration",
+		         o->database);
+		return restore_fail(p, err, PV_ERR_NOT_FOUND);
+	}
+	if (strcmp(o->backup, "latest") == 0) {
+		if (!pv_state_backup_newest_verified(p->state, p->db->name, NULL, &p->backup, &e)) {
+			snprintf(p->failure, sizeof(p->failure), "%s", e.msg);
+			if (e.code == PV_ERR_NOT_FOUND)
+				snprintf(
+				        p->failure, sizeof(p->failure),
+				        "no verified backup of %s: HINT: name one with pgvigilctl backups %s",
+				        p->db->name, p->db->name);
+			return restore_fail(p, err, e.code);
+		}
+	} else if (!pv_state_backup_find(p->state, o->backup, &p->backup, &e)) {
+		snprintf(p->failure, sizeof(p->failure), "%s", e.msg);
+		return restore_fail(p, err, e.code);
+	} else if (strcmp(p->backup.database, p->db->name) != 0) {
+		snprintf(p->failure, sizeof(p->failure), "backup %s/%s/%s is a backup of %s, not of %s",
+		         p->backup.database, p->backup.job, p->backup.id, p->backup.database, p->db->name);
+		pv_state_backup_clear(&p->backup);
+		return restore_fail(p, err, PV_ERR_USAGE);
+	}
+	if (!prepare_backup(p))
+		return restore_fail(p, err, PV_ERR_INTERNAL);
+	/* Passwords come out of the conninfo: pg_restore gets them through its environment. */
+	p->scratch_conninfo = pv_pg_conninfo_set_dbname(o->to, dbname, &pw1, &e);
+	p->target_admin_conninfo = pv_pg_conninfo_set_dbname(o->to, "postgres", &pw2, &e);
+	free(pw2);
+	if (p->scratch_conninfo == NULL || p->target_admin_conninfo == NULL) {
+		free(pw1);
+		snprintf(p->failure, sizeof(p->failure), "%s", e.msg);
+		return restore_fail(p, err, PV_ERR_USAGE);
+	}
+	p->password = pw1;
+	pv_log_notice("restore starting %s backup=%s", p->logctx, p->label);
+	begin(p);
+	return p;
+}
+
+void
+pv_probe_restore_cancel(struct pv_probe *p, const char *why)
+{
+	stop(p, PV_RUN_CANCELLED, why);
+}
+
+void
+pv_probe_restore_progress(const struct pv_probe *p, struct pv_probe_progress *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->phase = phase_name(p);
+	if (p->reader != NULL && !p->reader_done && p->phase == PH_RESTORE)
+		out->bytes = pv_store_reader_progress(p->reader);
+	else if (p->t_restore1 > 0)
+		out->bytes = p->rres.bytes_in;
+	out->total = p->have_backup && p->backup.archive_size > 0 ? (uint64_t)p->backup.archive_size : 0;
+	out->elapsed = pv_now_mono() - p->started_mono;
+	out->backup = p->label;
+	out->target = p->scratch;
+}
 
 /* ---- start-up clean-up of scratch databases left by a crash ---- */
 

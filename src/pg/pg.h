@@ -266,4 +266,47 @@ struct pv_pg_integrity_op *pv_pg_integrity_start(struct event_base *base, struct
  * checked are "not checked"), or NULL when the catalog was not read yet. NULL op is a no-op. */
 json_t *pv_pg_integrity_cancel(struct pv_pg_integrity_op *op);
 
+/*
+ * Drills and emergency restores (scratch.c). Both ops run their statements on their own
+ * connections under one deadline of `timeout` seconds (connects included); the callback runs
+ * exactly once, from the loop, after the op is freed; pv_pg_restore_op_cancel aborts without it.
+ *
+ * pv_pg_drill_check_start, on a restored copy: every sequence owned by an integer column
+ * (pg_depend deptype 'a', OWNED BY; or 'i', identity) whose next value would not pass the
+ * column's max (min when it descends), and every index of a user table that is not indisvalid
+ * and indisready. The report, borrowed by cb:
+ *   {"sequences": N, "sequences_behind": [{"sequence", "table", "column", "last_value",
+ *    "is_called", "column_edge"}], "indexes": N, "indexes_invalid": [{"index", "table", "valid",
+ *    "ready"}]}
+ * (values as text: they may exceed what JSON integers hold). NULL report and err on failure.
+ */
+struct pv_pg_restore_op;
+typedef void (*pv_pg_drill_check_cb)(json_t *report, const struct pv_error *err, void *arg);
+struct pv_pg_restore_op *pv_pg_drill_check_start(struct event_base *base, struct evdns_base *dns,
+                                                 const char *conninfo, const char *password, double timeout,
+                                                 pv_pg_drill_check_cb cb, void *arg, struct pv_error *err);
+/*
+ * pv_pg_target_prepare, for an emergency restore into database `name` (any name: it is quoted):
+ * on admin_conninfo (the same server's maintenance database) look the database up and CREATE
+ * DATABASE name TEMPLATE template0 when it does not exist; when it does, connect to db_conninfo
+ * and count its user tables (snapshot.c's rules). Never drops or changes an existing database.
+ * Returns NULL (err filled, cb never called) only for an impossible name.
+ */
+struct pv_pg_target_result {
+	bool ok;
+	bool existed, created;
+	long long user_tables; /* existed: tables a restore would collide with */
+	char some_tables[256]; /* the first three of them, by name */
+	struct pv_error error; /* when !ok */
+};
+typedef void (*pv_pg_target_cb)(const struct pv_pg_target_result *res, void *arg);
+struct pv_pg_restore_op *pv_pg_target_prepare(struct event_base *base, struct evdns_base *dns,
+                                              const char *admin_conninfo, const char *db_conninfo,
+                                              const char *password, const char *name, double timeout,
+                                              pv_pg_target_cb cb, void *arg, struct pv_error *err);
+/* NULL is a no-op. A statement already sent (CREATE DATABASE) may still complete on the server. */
+void pv_pg_restore_op_cancel(struct pv_pg_restore_op *op);
+/* The dbname of a conninfo (key=value or URI); PV_ERR_USAGE when it cannot be parsed or names none. */
+bool pv_pg_conninfo_dbname(const char *conninfo, char **dbname, struct pv_error *err);
+
 #endif

@@ -363,3 +363,380 @@ pv_pg_conninfo_set_dbname(const char *conninfo, const char *dbname, char **passw
 	append_kv(&buf, &len, "dbname", dbname);
 	return buf;
 }
+
+/* ---- drill checks on a restored copy; the emergency restore's target database ---- */
+
+/* Sequences owned by an integer column (OWNED BY: deptype 'a'; identity: 'i'), each with the
+ * value its next nextval() returns and the column's max (min for a descending sequence). The
+ * per-table values come from query_to_xml so that one statement covers every sequence; every
+ * name in the generated statements is quoted by the server (format %I). */
+#define SQL_SEQUENCES                                                                                        \
+	"SELECT seq, tbl, col, last_value, is_called, edge, "                                                \
+	"CASE WHEN edge IS NULL THEN false "                                                                 \
+	"WHEN inc > 0 THEN (CASE WHEN is_called THEN last_value < edge ELSE last_value <= edge END) "        \
+	"ELSE (CASE WHEN is_called THEN last_value > edge ELSE last_value >= edge END) END "                 \
+	"FROM (SELECT pg_catalog.format('%I.%I', sn.nspname, s.relname) AS seq, "                            \
+	"pg_catalog.format('%I.%I', tn.nspname, t.relname) AS tbl, "                                         \
+	"pg_catalog.format('%I', a.attname) AS col, sq.seqincrement AS inc, "                                \
+	"((pg_catalog.xpath('/row/v/text()', pg_catalog.query_to_xml(pg_catalog.format("                     \
+	"'SELECT last_value AS v FROM %I.%I', sn.nspname, s.relname), false, true, '')))[1])::text"          \
+	"::pg_catalog.numeric AS last_value, "                                                               \
+	"((pg_catalog.xpath('/row/c/text()', pg_catalog.query_to_xml(pg_catalog.format("                     \
+	"'SELECT is_called AS c FROM %I.%I', sn.nspname, s.relname), false, true, '')))[1])::text"           \
+	"::pg_catalog.bool AS is_called, "                                                                   \
+	"((pg_catalog.xpath('/row/m/text()', pg_catalog.query_to_xml(pg_catalog.format("                     \
+	"'SELECT pg_catalog.%s(%I)::pg_catalog.numeric AS m FROM %I.%I', "                                   \
+	"CASE WHEN sq.seqincrement > 0 THEN 'max' ELSE 'min' END, a.attname, tn.nspname, t.relname), "       \
+	"false, true, '')))[1])::text::pg_catalog.numeric AS edge "                                          \
+	"FROM pg_catalog.pg_depend d "                                                                       \
+	"JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' "                                 \
+	"JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace "                                        \
+	"JOIN pg_catalog.pg_sequence sq ON sq.seqrelid = s.oid "                                             \
+	"JOIN pg_catalog.pg_class t ON t.oid = d.refobjid AND t.relkind IN ('r', 'p') "                      \
+	"JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace "                                        \
+	"JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid "                 \
+	"WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass "                                      \
+	"AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass "                                     \
+	"AND d.deptype IN ('a', 'i') AND d.refobjsubid > 0 "                                                 \
+	"AND a.atttypid IN ('pg_catalog.int2'::pg_catalog.regtype, 'pg_catalog.int4'::pg_catalog.regtype, "  \
+	"'pg_catalog.int8'::pg_catalog.regtype, 'pg_catalog.numeric'::pg_catalog.regtype) "                  \
+	"AND sn.nspname <> 'information_schema' AND sn.nspname !~ '^pg_') x "                                \
+	"ORDER BY seq COLLATE \"C\""
+/* Every index of a user table, with the flags CREATE INDEX CONCURRENTLY or a failed build leave. */
+#define SQL_INDEXES                                                                                          \
+	"SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), "                                          \
+	"pg_catalog.format('%I.%I', tn.nspname, t.relname), i.indisvalid, i.indisready "                     \
+	"FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "                     \
+	"JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "                                          \
+	"JOIN pg_catalog.pg_class t ON t.oid = i.indrelid "                                                  \
+	"JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace "                                        \
+	"WHERE n.nspname <> 'information_schema' AND n.nspname !~ '^pg_' "                                   \
+	"ORDER BY 1"
+#define SQL_DB_EXISTS "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1"
+/* The rules of snapshot.c's table list: what a restore would put there. */
+#define SQL_USER_TABLES                                                                                      \
+	"WITH t AS (SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS q "                           \
+	"FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "               \
+	"WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' "                                         \
+	"AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_' "                                     \
+	"AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d "                                              \
+	"WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid "                  \
+	"AND d.deptype = 'e')) "                                                                             \
+	"SELECT (SELECT pg_catalog.count(*) FROM t), "                                                       \
+	"(SELECT pg_catalog.string_agg(q, ', ') FROM (SELECT q FROM t ORDER BY q COLLATE \"C\" LIMIT 3) s)"
+
+enum rstep { R_SEQUENCES, R_INDEXES, R_EXISTS, R_CREATE, R_TABLES };
+
+struct pv_pg_restore_op {
+	struct event_base *base;
+	struct evdns_base *dns;
+	struct pv_pg_conn *conn;
+	struct event *deliver;
+	double started, timeout;
+	enum rstep step;
+	char *name, *db_conninfo, *password;
+	json_t *report; /* drill checks */
+	struct pv_pg_target_result target;
+	struct pv_error error;
+	bool failed;
+	pv_pg_drill_check_cb check_cb;
+	pv_pg_target_cb target_cb;
+	void *arg;
+};
+
+static void
+rop_free(struct pv_pg_restore_op *op)
+{
+	pv_pg_close(op->conn);
+	if (op->deliver != NULL)
+		event_free(op->deliver);
+	json_decref(op->report);
+	free(op->name);
+	free(op->db_conninfo);
+	free(op->password);
+	free(op);
+}
+
+static void
+rop_finish(struct pv_pg_restore_op *op)
+{
+	pv_pg_drill_check_cb ccb = op->check_cb;
+	pv_pg_target_cb tcb = op->target_cb;
+	void *arg = op->arg;
+	struct pv_pg_target_result target = op->target;
+	struct pv_error e = op->error;
+	json_t *report = op->failed ? NULL : json_incref(op->report);
+	bool failed = op->failed;
+
+	rop_free(op);
+	if (ccb != NULL)
+		ccb(report, failed ? &e : NULL, arg);
+	else {
+		target.ok = !failed;
+		target.error = e;
+		tcb(&target, arg);
+	}
+	json_decref(report);
+}
+
+static void
+rop_fail(struct pv_pg_restore_op *op, const struct pv_error *err, const char *step)
+{
+	op->failed = true;
+	op->error = *err;
+	if (step != NULL) {
+		if (err->code == PV_ERR_PG_TIMEOUT)
+			snprintf(op->error.msg, sizeof(op->error.msg), "%s: timed out after %.1fs", step,
+			         op->timeout);
+		else
+			pv_error_prefix(&op->error, "%s: ", step);
+	}
+	rop_finish(op);
+}
+
+static void
+rop_deliver_cb(evutil_socket_t fd, short what, void *arg)
+{
+	rop_finish(arg);
+}
+
+static const char *const rstep_names[] = {
+        [R_SEQUENCES] = "checking sequences",
+        [R_INDEXES] = "checking indexes",
+        [R_EXISTS] = "looking for the database",
+        [R_CREATE] = "creating the database",
+        [R_TABLES] = "counting the tables of the database",
+};
+
+static void rop_on_result(struct pv_pg_conn *conn, const PGresult *res, const struct pv_error *err,
+                          void *arg);
+
+static void
+rop_send(struct pv_pg_restore_op *op, enum rstep step)
+{
+	const char *params[1] = {op->name};
+	char *sql = NULL;
+	const char *text;
+	struct pv_error e;
+	double left = op->timeout - (pv_pg_now() - op->started);
+	bool ok;
+
+	op->step = step;
+	if (left <= 0) {
+		pv_error_set(&e, PV_ERR_PG_TIMEOUT, "timeout");
+		rop_fail(op, &e, rstep_names[step]);
+		return;
+	}
+	switch (step) {
+	case R_SEQUENCES: text = SQL_SEQUENCES; break;
+	case R_INDEXES: text = SQL_INDEXES; break;
+	case R_EXISTS: text = SQL_DB_EXISTS; break;
+	case R_TABLES: text = SQL_USER_TABLES; break;
+	case R_CREATE:
+	default: {
+		/* An identifier in double quotes, embedded quotes doubled: any name is safe. */
+		size_t len = 0;
+		sql = pv_malloc(2 * strlen(op->name) + 64);
+		len += (size_t)sprintf(sql, "CREATE DATABASE \"");
+		for (const char *s = op->name; *s != '\0'; s++) {
+			if (*s == '"')
+				sql[len++] = '"';
+			sql[len++] = *s;
+		}
+		sprintf(sql + len, "\" TEMPLATE template0");
+		text = sql;
+		break;
+	}
+	}
+	ok = pv_pg_query_start(op->conn, text, step == R_EXISTS ? 1 : 0, step == R_EXISTS ? params : NULL,
+	                       left, rop_on_result, op, &e);
+	free(sql);
+	if (!ok)
+		rop_fail(op, &e, rstep_names[step]);
+}
+
+static void rop_on_connect(struct pv_pg_conn *conn, bool ok, const struct pv_error *err, void *arg);
+
+static void
+rop_connect(struct pv_pg_restore_op *op, const char *conninfo, struct pv_error *err)
+{
+	double left = op->timeout - (pv_pg_now() - op->started);
+
+	pv_pg_close(op->conn);
+	op->conn = pv_pg_connect(op->base, op->dns, conninfo, op->password, left > 0.1 ? left : 0.1,
+	                         rop_on_connect, op, err);
+	if (op->conn == NULL) {
+		op->failed = true;
+		op->error = *err;
+		/* Reported from the loop like every other failure, so callers have one path. */
+		op->deliver = event_new(op->base, -1, 0, rop_deliver_cb, op);
+		if (op->deliver == NULL)
+			abort();
+		event_active(op->deliver, 0, 0);
+	}
+}
+
+static void
+sequences_result(struct pv_pg_restore_op *op, const PGresult *res)
+{
+	json_t *behind = json_array();
+
+	for (int r = 0; r < PQntuples(res); r++) {
+		if (strcmp(PQgetvalue(res, r, 6), "t") != 0)
+			continue;
+		json_array_append_new(behind, json_pack("{s:s,s:s,s:s,s:s,s:b,s:s}", "sequence",
+		                                        PQgetvalue(res, r, 0), "table", PQgetvalue(res, r, 1),
+		                                        "column", PQgetvalue(res, r, 2), "last_value",
+		                                        PQgetvalue(res, r, 3), "is_called",
+		                                        strcmp(PQgetvalue(res, r, 4), "t") == 0,
+		                                        "column_edge", PQgetvalue(res, r, 5)));
+	}
+	json_object_set_new(op->report, "sequences", json_integer(PQntuples(res)));
+	json_object_set_new(op->report, "sequences_behind", behind);
+}
+
+static void
+indexes_result(struct pv_pg_restore_op *op, const PGresult *res)
+{
+	json_t *invalid = json_array();
+
+	for (int r = 0; r < PQntuples(res); r++) {
+		bool valid = strcmp(PQgetvalue(res, r, 2), "t") == 0,
+		     ready = strcmp(PQgetvalue(res, r, 3), "t") == 0;
+		if (valid && ready)
+			continue;
+		json_array_append_new(invalid,
+		                      json_pack("{s:s,s:s,s:b,s:b}", "index", PQgetvalue(res, r, 0), "table",
+		                                PQgetvalue(res, r, 1), "valid", valid, "ready", ready));
+	}
+	json_object_set_new(op->report, "indexes", json_integer(PQntuples(res)));
+	json_object_set_new(op->report, "indexes_invalid", invalid);
+}
+
+static void
+rop_on_result(struct pv_pg_conn *conn, const PGresult *res, const struct pv_error *err, void *arg)
+{
+	struct pv_pg_restore_op *op = arg;
+	struct pv_error e;
+
+	if (err != NULL) {
+		rop_fail(op, err, rstep_names[op->step]);
+		return;
+	}
+	switch (op->step) {
+	case R_SEQUENCES:
+		sequences_result(op, res);
+		rop_send(op, R_INDEXES);
+		return;
+	case R_INDEXES: indexes_result(op, res); break;
+	case R_EXISTS:
+		if (PQntuples(res) == 0) {
+			rop_send(op, R_CREATE);
+			return;
+		}
+		op->target.existed = true;
+		rop_connect(op, op->db_conninfo, &e);
+		return;
+	case R_CREATE: op->target.created = true; break;
+	case R_TABLES:
+		op->target.user_tables = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+		pv_strlcpy(op->target.some_tables, PQgetisnull(res, 0, 1) ? "" : PQgetvalue(res, 0, 1),
+		           sizeof(op->target.some_tables));
+		break;
+	}
+	rop_finish(op);
+}
+
+static void
+rop_on_connect(struct pv_pg_conn *conn, bool ok, const struct pv_error *err, void *arg)
+{
+	struct pv_pg_restore_op *op = arg;
+
+	if (!ok) {
+		rop_fail(op, err, NULL);
+		return;
+	}
+	if (op->check_cb != NULL)
+		rop_send(op, R_SEQUENCES);
+	else if (!op->target.existed)
+		rop_send(op, R_EXISTS);
+	else
+		rop_send(op, R_TABLES);
+}
+
+static struct pv_pg_restore_op *
+rop_new(struct event_base *base, struct evdns_base *dns, const char *password, double timeout, void *arg)
+{
+	struct pv_pg_restore_op *op = pv_calloc(1, sizeof(*op));
+
+	op->base = base;
+	op->dns = dns;
+	op->arg = arg;
+	op->timeout = timeout;
+	op->started = pv_pg_now();
+	op->password = password ? pv_strdup(password) : NULL;
+	pv_error_clear(&op->error);
+	return op;
+}
+
+struct pv_pg_restore_op *
+pv_pg_drill_check_start(struct event_base *base, struct evdns_base *dns, const char *conninfo,
+                        const char *password, double timeout, pv_pg_drill_check_cb cb, void *arg,
+                        struct pv_error *err)
+{
+	struct pv_pg_restore_op *op = rop_new(base, dns, password, timeout, arg);
+
+	op->check_cb = cb;
+	op->report = json_object();
+	rop_connect(op, conninfo, err);
+	return op;
+}
+
+struct pv_pg_restore_op *
+pv_pg_target_prepare(struct event_base *base, struct evdns_base *dns, const char *admin_conninfo,
+                     const char *db_conninfo, const char *password, const char *name, double timeout,
+                     pv_pg_target_cb cb, void *arg, struct pv_error *err)
+{
+	struct pv_pg_restore_op *op;
+
+	if (name == NULL || name[0] == '\0' || strlen(name) > 63) {
+		pv_error_set(err, PV_ERR_USAGE, "the target database name must be 1 to 63 bytes long");
+		return NULL;
+	}
+	op = rop_new(base, dns, password, timeout, arg);
+	op->target_cb = cb;
+	op->name = pv_strdup(name);
+	op->db_conninfo = pv_strdup(db_conninfo);
+	rop_connect(op, admin_conninfo, err);
+	return op;
+}
+
+void
+pv_pg_restore_op_cancel(struct pv_pg_restore_op *op)
+{
+	if (op != NULL)
+		rop_free(op);
+}
+
+bool
+pv_pg_conninfo_dbname(const char *conninfo, char **dbname, struct pv_error *err)
+{
+	char *errmsg = NULL;
+	PQconninfoOption *opts = PQconninfoParse(conninfo ? conninfo : "", &errmsg);
+
+	*dbname = NULL;
+	if (opts == NULL) {
+		char msg[256];
+		pv_strlcpy(msg, errmsg ? errmsg : "out of memory", sizeof(msg));
+		msg[strcspn(msg, "\n")] = '\0';
+		PQfreemem(errmsg);
+		return pv_error_set(err, PV_ERR_USAGE, "invalid conninfo: %s", msg);
+	}
+	for (PQconninfoOption *o = opts; o->keyword != NULL; o++)
+		if (strcmp(o->keyword, "dbname") == 0 && o->val != NULL && o->val[0] != '\0')
+			*dbname = pv_strdup(o->val);
+	PQconninfoFree(opts);
+	if (*dbname == NULL)
+		return pv_error_set(err, PV_ERR_USAGE, "the conninfo names no database: add dbname=NAME");
+	return true;
+}
