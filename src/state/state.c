@@ -1,5 +1,5 @@
-/* Persistent state in SQLite: opening, migrations, and the queries for runs, scheduling, kv and the
- * backup catalog with its verification ledger. */
+/* Persistent state in SQLite: opening, migrations, and the queries for runs, scheduling, kv, the
+ * backup catalog with its verification ledger, and the notification outbox. */
 #include "state/state.h"
 
 #include <errno.h>
@@ -89,6 +89,28 @@ static const char *const migrations[] = {
         "	cause TEXT\n"
         ");\n"
         "CREATE INDEX verifications_backup ON verifications (\"database\", job, backup_id, at);\n",
+        /*
+         * 3: the notification outbox. A notification is written here before any attempt to send it, so it
+         * survives restarts and endpoint outages. next_attempt is in milliseconds since the epoch (Slack
+         * pacing and short backoffs need better than seconds); created and sent_at are seconds like every
+         * other time here. The idempotency key travels with each attempt, so a receiver can drop the
+         * duplicates that at-least-once delivery allows; UNIQUE makes enqueueing the same key twice a no-op.
+         */
+        "CREATE TABLE outbox (\n"
+        "	id INTEGER PRIMARY KEY AUTOINCREMENT,\n"
+        "	notifier TEXT NOT NULL,\n"
+        "	created INTEGER NOT NULL,\n"
+        "	next_attempt INTEGER NOT NULL,\n"
+        "	attempts INTEGER NOT NULL DEFAULT 0,\n"
+        "	status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'sent', 'failed', "
+        "'dropped')),\n"
+        "	payload TEXT NOT NULL,\n"
+        "	idempotency_key TEXT NOT NULL UNIQUE,\n"
+        "	last_error TEXT,\n"
+        "	sent_at INTEGER\n"
+        ");\n"
+        "CREATE INDEX outbox_due ON outbox (status, next_attempt, id);\n"
+        "CREATE INDEX outbox_notifier ON outbox (notifier, status);\n",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -96,6 +118,10 @@ static const char *const migrations[] = {
 #define RUN_COLUMNS                                                                                          \
 	"id, job, type, \"database\", \"trigger\", scheduled_for, started, finished, duration, "             \
 	"result, cause, figures"
+
+#define OUTBOX_COLUMNS                                                                                       \
+	"id, notifier, created, next_attempt, attempts, status, payload, idempotency_key, last_error, "      \
+	"sent_at"
 
 #define BACKUP_COLUMNS                                                                                       \
 	"\"database\", job, id, tier, dir, run_id, started, finished, duration, size, archive_size, "        \
@@ -137,6 +163,17 @@ enum stmt_id {
 	STMT_BACKUP_NEWEST_VERIFIED,
 	STMT_BACKUPS_TO_VERIFY,
 	STMT_VERIFICATIONS_LIST,
+	STMT_OUTBOX_ADD,
+	STMT_OUTBOX_BY_KEY,
+	STMT_OUTBOX_GET,
+	STMT_OUTBOX_DUE,
+	STMT_OUTBOX_NEXT_DUE,
+	STMT_OUTBOX_SENT,
+	STMT_OUTBOX_RETRY,
+	STMT_OUTBOX_FAILED,
+	STMT_OUTBOX_DROPPED,
+	STMT_OUTBOX_STATUS,
+	STMT_OUTBOX_COUNTS,
 	STMT_COUNT
 };
 
@@ -209,6 +246,28 @@ static const char *const stmt_sql[STMT_COUNT] = {
         [STMT_VERIFICATIONS_LIST] = "SELECT id, at, duration, result, cause FROM verifications "
                                     "WHERE \"database\" = ?1 AND job = ?2 AND backup_id = ?3 "
                                     "ORDER BY at DESC, id DESC LIMIT ?4",
+        /* DO NOTHING on a known key: the caller re-enqueueing after a crash gets the existing row back. */
+        [STMT_OUTBOX_ADD] = "INSERT INTO outbox (notifier, created, next_attempt, payload, idempotency_key) "
+                            "VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (idempotency_key) DO NOTHING",
+        [STMT_OUTBOX_BY_KEY] = "SELECT id FROM outbox WHERE idempotency_key = ?1",
+        [STMT_OUTBOX_GET] = "SELECT " OUTBOX_COLUMNS " FROM outbox WHERE id = ?1",
+        [STMT_OUTBOX_DUE] = "SELECT " OUTBOX_COLUMNS " FROM outbox WHERE status = 'pending' AND "
+                            "next_attempt <= ?1 ORDER BY next_attempt, id LIMIT ?2",
+        [STMT_OUTBOX_NEXT_DUE] =
+                "SELECT min(next_attempt) FROM outbox WHERE status = 'pending' AND next_attempt > ?1",
+        /* Every mark moves only a pending message: a message leaves "pending" once and for all. */
+        [STMT_OUTBOX_SENT] = "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?2 "
+                             "WHERE id = ?1 AND status = 'pending'",
+        [STMT_OUTBOX_RETRY] = "UPDATE outbox SET attempts = attempts + 1, next_attempt = ?2, last_error = ?3 "
+                              "WHERE id = ?1 AND status = 'pending'",
+        [STMT_OUTBOX_FAILED] =
+                "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ?2 "
+                "WHERE id = ?1 AND status = 'pending'",
+        [STMT_OUTBOX_DROPPED] = "UPDATE outbox SET status = 'dropped', last_error = coalesce(?2, last_error) "
+                                "WHERE id = ?1 AND status = 'pending'",
+        [STMT_OUTBOX_STATUS] = "SELECT status FROM outbox WHERE id = ?1",
+        [STMT_OUTBOX_COUNTS] = "SELECT status, count(*) FROM outbox WHERE ?1 IS NULL OR notifier = ?1 "
+                               "GROUP BY status",
 };
 
 struct pv_state {
@@ -1471,5 +1530,302 @@ pv_state_verifications_free(struct pv_state_verification *v, size_t n)
 		free(v[i].result);
 		free(v[i].cause);
 	}
+	free(v);
+}
+
+/* Notification outbox. */
+
+static void
+read_outbox(sqlite3_stmt *s, struct pv_state_outbox_msg *m)
+{
+	m->id = sqlite3_column_int64(s, 0);
+	m->notifier = col_text(s, 1);
+	m->created = (time_t)sqlite3_column_int64(s, 2);
+	m->next_attempt_ms = sqlite3_column_int64(s, 3);
+	m->attempts = sqlite3_column_int64(s, 4);
+	m->status = col_text(s, 5);
+	m->payload = col_text(s, 6);
+	m->idempotency_key = col_text(s, 7);
+	m->last_error = col_text(s, 8);
+	m->sent_at = (time_t)sqlite3_column_int64(s, 9);
+}
+
+bool
+pv_state_outbox_add(struct pv_state *st, const char *notifier, time_t created, int64_t next_attempt_ms,
+                    const char *payload, const char *idempotency_key, int64_t *id, bool *added,
+                    struct pv_error *err)
+{
+	const char *doing = "queueing notification";
+	sqlite3_stmt *s = stmt_get(st, STMT_OUTBOX_ADD, doing, err);
+	int rc = SQLITE_OK;
+
+	if (added != NULL)
+		*added = false;
+	if (s == NULL)
+		return false;
+	bind_text(s, 1, notifier, &rc);
+	bind_int64(s, 2, (int64_t)created, &rc);
+	bind_int64(s, 3, next_attempt_ms, &rc);
+	bind_text(s, 4, payload, &rc);
+	bind_text(s, 5, idempotency_key, &rc);
+	if (rc != SQLITE_OK)
+		return stmt_fail(st, s, doing, err);
+	if (!step_write(st, s, doing, err))
+		return false;
+	if (sqlite3_changes(st->db) == 1) {
+		*id = sqlite3_last_insert_rowid(st->db);
+		if (added != NULL)
+			*added = true;
+		return true;
+	}
+
+	/* The key is known: hand back the message already queued under it. */
+	s = stmt_get(st, STMT_OUTBOX_BY_KEY, doing, err);
+	if (s == NULL)
+		return false;
+	bind_text(s, 1, idempotency_key, &rc);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(s);
+	if (rc != SQLITE_ROW)
+		return stmt_fail(st, s, doing, err);
+	*id = sqlite3_column_int64(s, 0);
+	stmt_done(s);
+	return true;
+}
+
+bool
+pv_state_outbox_get(struct pv_state *st, int64_t id, struct pv_state_outbox_msg *out, struct pv_error *err)
+{
+	const char *doing = "reading notification";
+	sqlite3_stmt *s = stmt_get(st, STMT_OUTBOX_GET, doing, err);
+	int rc = SQLITE_OK;
+
+	memset(out, 0, sizeof(*out));
+	if (s == NULL)
+		return false;
+	bind_int64(s, 1, id, &rc);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW) {
+		read_outbox(s, out);
+		stmt_done(s);
+		return true;
+	}
+	if (rc == SQLITE_DONE)
+		pv_error_set(err, PV_ERR_NOT_FOUND, "no notification %lld in the outbox", (long long)id);
+	else
+		db_fail(st->db, err, "%s %lld", doing, (long long)id);
+	stmt_done(s);
+	return false;
+}
+
+bool
+pv_state_outbox_due(struct pv_state *st, int64_t now_ms, int limit, struct pv_state_outbox_msg **out,
+                    size_t *n, struct pv_error *err)
+{
+	const char *doing = "listing notifications due";
+	struct pv_state_outbox_msg *v = NULL;
+	size_t count = 0, cap = 0;
+	sqlite3_stmt *s;
+	int rc = SQLITE_OK;
+
+	*out = NULL;
+	*n = 0;
+	s = stmt_get(st, STMT_OUTBOX_DUE, doing, err);
+	if (s == NULL)
+		return false;
+	bind_int64(s, 1, now_ms, &rc);
+	bind_int64(s, 2, limit > 0 ? limit : -1, &rc);
+	while (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+		if (count == cap) {
+			cap = cap ? cap * 2 : 16;
+			v = pv_realloc(v, cap * sizeof(*v));
+		}
+		memset(&v[count], 0, sizeof(v[count]));
+		read_outbox(s, &v[count++]);
+		rc = SQLITE_OK;
+	}
+	if (rc != SQLITE_DONE) {
+		pv_state_outbox_msgs_free(v, count);
+		return stmt_fail(st, s, doing, err);
+	}
+	stmt_done(s);
+	*out = v;
+	*n = count;
+	return true;
+}
+
+bool
+pv_state_outbox_next_due(struct pv_state *st, int64_t after_ms, int64_t *next_ms, struct pv_error *err)
+{
+	const char *doing = "reading next notification due";
+	sqlite3_stmt *s = stmt_get(st, STMT_OUTBOX_NEXT_DUE, doing, err);
+	int rc;
+
+	if (s == NULL)
+		return false;
+	rc = sqlite3_bind_int64(s, 1, after_ms);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(s);
+	if (rc != SQLITE_ROW)
+		return stmt_fail(st, s, doing, err);
+	if (sqlite3_column_type(s, 0) == SQLITE_NULL) {
+		stmt_done(s);
+		return pv_error_set(err, PV_ERR_NOT_FOUND, "no notification pending after %lld",
+		                    (long long)after_ms);
+	}
+	*next_ms = sqlite3_column_int64(s, 0);
+	stmt_done(s);
+	return true;
+}
+
+/* Run a bound UPDATE of one pending message; when it matched nothing, say whether the message is missing
+ * or has already left "pending". */
+static bool
+outbox_update(struct pv_state *st, sqlite3_stmt *s, int rc, const char *doing, int64_t id,
+              struct pv_error *err)
+{
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(s);
+	if (rc != SQLITE_DONE) {
+		db_fail(st->db, err, "%s %lld", doing, (long long)id);
+		stmt_done(s);
+		return false;
+	}
+	stmt_done(s);
+	if (sqlite3_changes(st->db) == 1)
+		return true;
+
+	s = stmt_get(st, STMT_OUTBOX_STATUS, doing, err);
+	if (s == NULL)
+		return false;
+	rc = sqlite3_bind_int64(s, 1, id);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW) {
+		char *prev = col_text(s, 0);
+		pv_error_set(err, PV_ERR_STATE, "%s %lld: already %s", doing, (long long)id,
+		             prev != NULL ? prev : "(none)");
+		free(prev);
+	} else if (rc == SQLITE_DONE) {
+		pv_error_set(err, PV_ERR_NOT_FOUND, "%s: no notification %lld in the outbox", doing,
+		             (long long)id);
+	} else {
+		db_fail(st->db, err, "%s %lld", doing, (long long)id);
+	}
+	stmt_done(s);
+	return false;
+}
+
+bool
+pv_state_outbox_mark_sent(struct pv_state *st, int64_t id, time_t sent_at, struct pv_error *err)
+{
+	const char *doing = "recording notification sent";
+	sqlite3_stmt *s = stmt_get(st, STMT_OUTBOX_SENT, doing, err);
+	int rc = SQLITE_OK;
+
+	if (s == NULL)
+		return false;
+	bind_int64(s, 1, id, &rc);
+	bind_int64(s, 2, (int64_t)sent_at, &rc);
+	return outbox_update(st, s, rc, doing, id, err);
+}
+
+bool
+pv_state_outbox_mark_retry(struct pv_state *st, int64_t id, int64_t next_attempt_ms, const char *error,
+                           struct pv_error *err)
+{
+	const char *doing = "recording notification retry";
+	sqlite3_stmt *s = stmt_get(st, STMT_OUTBOX_RETRY, doing, err);
+	int rc = SQLITE_OK;
+
+	if (s == NULL)
+		return false;
+	bind_int64(s, 1, id, &rc);
+	bind_int64(s, 2, next_attempt_ms, &rc);
+	bind_text(s, 3, error, &rc);
+	return outbox_update(st, s, rc, doing, id, err);
+}
+
+bool
+pv_state_outbox_mark_failed(struct pv_state *st, int64_t id, const char *error, struct pv_error *err)
+{
+	const char *doing = "recording notification failed";
+	sqlite3_stmt *s = stmt_get(st, STMT_OUTBOX_FAILED, doing, err);
+	int rc = SQLITE_OK;
+
+	if (s == NULL)
+		return false;
+	bind_int64(s, 1, id, &rc);
+	bind_text(s, 2, error, &rc);
+	return outbox_update(st, s, rc, doing, id, err);
+}
+
+bool
+pv_state_outbox_mark_dropped(struct pv_state *st, int64_t id, const char *reason, struct pv_error *err)
+{
+	const char *doing = "recording notification dropped";
+	sqlite3_stmt *s = stmt_get(st, STMT_OUTBOX_DROPPED, doing, err);
+	int rc = SQLITE_OK;
+
+	if (s == NULL)
+		return false;
+	bind_int64(s, 1, id, &rc);
+	bind_text(s, 2, reason, &rc);
+	return outbox_update(st, s, rc, doing, id, err);
+}
+
+bool
+pv_state_outbox_counts(struct pv_state *st, const char *notifier, struct pv_state_outbox_counts *out,
+                       struct pv_error *err)
+{
+	const char *doing = "counting notifications";
+	sqlite3_stmt *s = stmt_get(st, STMT_OUTBOX_COUNTS, doing, err);
+	int rc = SQLITE_OK;
+
+	memset(out, 0, sizeof(*out));
+	if (s == NULL)
+		return false;
+	bind_text(s, 1, notifier, &rc);
+	while (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+		const char *status = (const char *)sqlite3_column_text(s, 0);
+		int64_t count = sqlite3_column_int64(s, 1);
+
+		if (strcmp(status, "pending") == 0)
+			out->pending = count;
+		else if (strcmp(status, "sent") == 0)
+			out->sent = count;
+		else if (strcmp(status, "failed") == 0)
+			out->failed = count;
+		else if (strcmp(status, "dropped") == 0)
+			out->dropped = count;
+		rc = SQLITE_OK;
+	}
+	if (rc != SQLITE_DONE)
+		return stmt_fail(st, s, doing, err);
+	stmt_done(s);
+	return true;
+}
+
+void
+pv_state_outbox_msg_clear(struct pv_state_outbox_msg *m)
+{
+	if (m == NULL)
+		return;
+	free(m->notifier);
+	free(m->status);
+	free(m->payload);
+	free(m->idempotency_key);
+	free(m->last_error);
+	memset(m, 0, sizeof(*m));
+}
+
+void
+pv_state_outbox_msgs_free(struct pv_state_outbox_msg *v, size_t n)
+{
+	if (v == NULL)
+		return;
+	for (size_t i = 0; i < n; i++)
+		pv_state_outbox_msg_clear(&v[i]);
 	free(v);
 }

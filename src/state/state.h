@@ -146,4 +146,61 @@ void pv_state_backup_clear(struct pv_state_backup *b);
 void pv_state_backups_free(struct pv_state_backup *v, size_t n);
 void pv_state_verifications_free(struct pv_state_verification *v, size_t n);
 
+/*
+ * Notification outbox (schema version 3). Every notification is written here before any attempt to
+ * send it; the sender (src/notify/outbox) then moves it from "pending" to "sent", "failed" (a permanent
+ * error) or "dropped" (older than the notifier's max_age), each exactly once. Times: created and sent_at
+ * in seconds, next_attempt_ms in milliseconds since the epoch. Strings are owned by the struct
+ * (pv_state_outbox_msg_clear frees them). Each call is its own committed transaction.
+ */
+struct pv_state_outbox_msg {
+	int64_t id;
+	char *notifier;
+	time_t created;
+	int64_t next_attempt_ms;
+	int64_t attempts; /* attempts that have ended (sent, retried or failed) */
+	char *status;     /* "pending", "sent", "failed", "dropped" */
+	char *payload;    /* JSON text */
+	char *idempotency_key;
+	char *last_error; /* NULL or text */
+	time_t sent_at;   /* 0 until sent */
+};
+
+struct pv_state_outbox_counts {
+	int64_t pending, sent, failed, dropped;
+};
+
+/* Queue a message, due at next_attempt_ms. The idempotency key is unique across the whole outbox: adding
+ * a known key changes nothing and returns the id already queued under it, with *added (may be NULL)
+ * false. */
+bool pv_state_outbox_add(struct pv_state *st, const char *notifier, time_t created, int64_t next_attempt_ms,
+                         const char *payload, const char *idempotency_key, int64_t *id, bool *added,
+                         struct pv_error *err);
+/* PV_ERR_NOT_FOUND when there is no such message. */
+bool pv_state_outbox_get(struct pv_state *st, int64_t id, struct pv_state_outbox_msg *out,
+                         struct pv_error *err);
+/* Pending messages with next_attempt_ms <= now_ms, earliest first (ties by id); limit <= 0 = all.
+ * Free with pv_state_outbox_msgs_free. */
+bool pv_state_outbox_due(struct pv_state *st, int64_t now_ms, int limit, struct pv_state_outbox_msg **out,
+                         size_t *n, struct pv_error *err);
+/* The earliest next_attempt_ms after after_ms of any pending message (what a sender waits for once it has
+ * taken everything due); PV_ERR_NOT_FOUND when there is none. */
+bool pv_state_outbox_next_due(struct pv_state *st, int64_t after_ms, int64_t *next_ms, struct pv_error *err);
+/*
+ * The marks move a pending message only. On a message that has already left "pending" they fail with
+ * PV_ERR_STATE ("... already sent"), on an unknown id with PV_ERR_NOT_FOUND. sent, retry and failed
+ * count an attempt; retry also sets the next attempt and last_error; dropped keeps last_error when
+ * reason is NULL.
+ */
+bool pv_state_outbox_mark_sent(struct pv_state *st, int64_t id, time_t sent_at, struct pv_error *err);
+bool pv_state_outbox_mark_retry(struct pv_state *st, int64_t id, int64_t next_attempt_ms, const char *error,
+                                struct pv_error *err);
+bool pv_state_outbox_mark_failed(struct pv_state *st, int64_t id, const char *error, struct pv_error *err);
+bool pv_state_outbox_mark_dropped(struct pv_state *st, int64_t id, const char *reason, struct pv_error *err);
+/* Messages per status for one notifier (NULL = all notifiers). */
+bool pv_state_outbox_counts(struct pv_state *st, const char *notifier, struct pv_state_outbox_counts *out,
+                            struct pv_error *err);
+void pv_state_outbox_msg_clear(struct pv_state_outbox_msg *m);
+void pv_state_outbox_msgs_free(struct pv_state_outbox_msg *v, size_t n);
+
 #endif

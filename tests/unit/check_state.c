@@ -1410,6 +1410,193 @@ START_TEST(test_state__durable_under_kill9)
 }
 END_TEST
 
+/* Notification outbox (schema version 3). */
+
+static int64_t
+outbox_add_ok(struct pv_state *st, const char *notifier, time_t created, int64_t next_ms, const char *key)
+{
+	struct pv_error err = {0};
+	int64_t id = 0;
+	bool added = false;
+
+	if (!pv_state_outbox_add(st, notifier, created, next_ms, "{\"title\":\"t\"}", key, &id, &added, &err))
+		ck_abort_msg("pv_state_outbox_add(%s) failed: %s", key, err.msg);
+	ck_assert(added);
+	ck_assert_int_gt(id, 0);
+	return id;
+}
+
+/* Ids of a due listing, "1,3,2". */
+static void
+due_ids(struct pv_state *st, int64_t now_ms, int limit, char *buf, size_t size)
+{
+	struct pv_state_outbox_msg *v;
+	struct pv_error err = {0};
+	size_t n, len = 0;
+
+	ck_assert_msg(pv_state_outbox_due(st, now_ms, limit, &v, &n, &err), "%s", err.msg);
+	buf[0] = '\0';
+	for (size_t i = 0; i < n; i++)
+		len += (size_t)snprintf(buf + len, size - len, "%s%lld", i ? "," : "", (long long)v[i].id);
+	pv_state_outbox_msgs_free(v, n);
+}
+
+START_TEST(test_state__outbox_add_due_marks)
+{
+	TEST_PATHS();
+	struct pv_state *st = open_ok(path);
+	struct pv_error err = {0};
+	struct pv_state_outbox_msg m;
+	struct pv_state_outbox_counts c;
+	int64_t a, b, c3, d, id, next;
+	bool added = true;
+	char got[128], want[64];
+
+	a = outbox_add_ok(st, "slack", 100, 100000, "k-a");
+	b = outbox_add_ok(st, "hook", 100, 105000, "k-b");
+	c3 = outbox_add_ok(st, "slack", 101, 101000, "k-c");
+	d = outbox_add_ok(st, "slack", 102, 500000, "k-d");
+
+	/* A known key queues nothing and answers with the message already queued. */
+	ck_assert(pv_state_outbox_add(st, "hook", 200, 200000, "{}", "k-b", &id, &added, &err));
+	ck_assert(!added);
+	ck_assert_int_eq(id, b);
+
+	ck_assert(pv_state_outbox_get(st, a, &m, &err));
+	ck_assert_int_eq(m.id, a);
+	ck_assert_str_eq(m.notifier, "slack");
+	ck_assert_int_eq(m.created, 100);
+	ck_assert_int_eq(m.next_attempt_ms, 100000);
+	ck_assert_int_eq(m.attempts, 0);
+	ck_assert_str_eq(m.status, "pending");
+	ck_assert_str_eq(m.payload, "{\"title\":\"t\"}");
+	ck_assert_str_eq(m.idempotency_key, "k-a");
+	ck_assert_ptr_null(m.last_error);
+	ck_assert_int_eq(m.sent_at, 0);
+	pv_state_outbox_msg_clear(&m);
+	ck_assert(!pv_state_outbox_get(st, 999, &m, &err));
+	ck_assert_int_eq(err.code, PV_ERR_NOT_FOUND);
+
+	/* Earliest first, up to now, limited. */
+	due_ids(st, 99999, 0, got, sizeof(got));
+	ck_assert_str_eq(got, "");
+	due_ids(st, 200000, 0, got, sizeof(got));
+	snprintf(want, sizeof(want), "%lld,%lld,%lld", (long long)a, (long long)c3, (long long)b);
+	ck_assert_str_eq(got, want);
+	due_ids(st, 200000, 2, got, sizeof(got));
+	snprintf(want, sizeof(want), "%lld,%lld", (long long)a, (long long)c3);
+	ck_assert_str_eq(got, want);
+	ck_assert(pv_state_outbox_next_due(st, 101000, &next, &err));
+	ck_assert_int_eq(next, 105000);
+	ck_assert(pv_state_outbox_next_due(st, 105000, &next, &err));
+	ck_assert_int_eq(next, 500000);
+	ck_assert(!pv_state_outbox_next_due(st, 500000, &next, &err));
+	ck_assert_int_eq(err.code, PV_ERR_NOT_FOUND);
+
+	/* A retry counts an attempt and moves the message back in the queue. */
+	ck_assert_msg(pv_state_outbox_mark_retry(st, a, 300000, "HTTP 500", &err), "%s", err.msg);
+	ck_assert(pv_state_outbox_get(st, a, &m, &err));
+	ck_assert_int_eq(m.attempts, 1);
+	ck_assert_int_eq(m.next_attempt_ms, 300000);
+	ck_assert_str_eq(m.last_error, "HTTP 500");
+	pv_state_outbox_msg_clear(&m);
+	due_ids(st, 200000, 0, got, sizeof(got));
+	snprintf(want, sizeof(want), "%lld,%lld", (long long)c3, (long long)b);
+	ck_assert_str_eq(got, want);
+
+	ck_assert(pv_state_outbox_mark_sent(st, a, 400, &err));
+	ck_assert(pv_state_outbox_get(st, a, &m, &err));
+	ck_assert_str_eq(m.status, "sent");
+	ck_assert_int_eq(m.attempts, 2);
+	ck_assert_int_eq(m.sent_at, 400);
+	pv_state_outbox_msg_clear(&m);
+
+	ck_assert(pv_state_outbox_mark_failed(st, b, "HTTP 404: no_service", &err));
+	ck_assert(pv_state_outbox_mark_dropped(st, c3, NULL, &err));
+	ck_assert(pv_state_outbox_get(st, c3, &m, &err));
+	ck_assert_str_eq(m.status, "dropped");
+	ck_assert_ptr_null(m.last_error);
+	ck_assert_int_eq(m.attempts, 0);
+	pv_state_outbox_msg_clear(&m);
+
+	/* A message leaves "pending" once. */
+	ck_assert(!pv_state_outbox_mark_sent(st, b, 500, &err));
+	ck_assert_int_eq(err.code, PV_ERR_STATE);
+	ck_assert_msg(strstr(err.msg, "already failed") != NULL, "%s", err.msg);
+	ck_assert(!pv_state_outbox_mark_retry(st, a, 1, "x", &err));
+	ck_assert_msg(strstr(err.msg, "already sent") != NULL, "%s", err.msg);
+	ck_assert(!pv_state_outbox_mark_dropped(st, 999, "x", &err));
+	ck_assert_int_eq(err.code, PV_ERR_NOT_FOUND);
+	due_ids(st, 1000000, 0, got, sizeof(got));
+	snprintf(want, sizeof(want), "%lld", (long long)d);
+	ck_assert_str_eq(got, want);
+
+	ck_assert(pv_state_outbox_counts(st, "slack", &c, &err));
+	ck_assert_int_eq(c.pending, 1);
+	ck_assert_int_eq(c.sent, 1);
+	ck_assert_int_eq(c.dropped, 1);
+	ck_assert_int_eq(c.failed, 0);
+	ck_assert(pv_state_outbox_counts(st, "hook", &c, &err));
+	ck_assert_int_eq(c.failed, 1);
+	ck_assert_int_eq(c.pending, 0);
+	ck_assert(pv_state_outbox_counts(st, NULL, &c, &err));
+	ck_assert_int_eq(c.pending + c.sent + c.failed + c.dropped, 4);
+	ck_assert(pv_state_outbox_counts(st, "nobody", &c, &err));
+	ck_assert_int_eq(c.pending + c.sent + c.failed + c.dropped, 0);
+	pv_state_close(st);
+
+	/* Durable: everything is there after reopening, and the key stays unique. */
+	st = open_ok(path);
+	ck_assert(pv_state_outbox_get(st, d, &m, &err));
+	ck_assert_str_eq(m.status, "pending");
+	ck_assert_str_eq(m.idempotency_key, "k-d");
+	pv_state_outbox_msg_clear(&m);
+	ck_assert(pv_state_outbox_add(st, "slack", 300, 1, "{}", "k-a", &id, NULL, &err));
+	ck_assert_int_eq(id, a);
+	pv_state_close(st);
+}
+END_TEST
+
+/* A version-2 database gains the outbox and keeps its catalog. */
+START_TEST(test_state__outbox_migration_from_v2)
+{
+	TEST_PATHS();
+	struct pv_state *st = open_ok(path);
+	struct pv_error err = {0};
+	char logf[PATH_MAX + 16], *log;
+	sqlite3 *db;
+
+	snprintf(logf, sizeof(logf), "%s/log", dir);
+	add_ok(st, "production", "daily", "A", 1000);
+	pv_state_close(st);
+	db = raw_open(path);
+	raw_exec(db, "DROP TABLE outbox; PRAGMA user_version = 2");
+	sqlite3_close(db);
+
+	capture_begin(logf);
+	st = open_ok(path);
+	log = capture_end(logf);
+	ck_assert_msg(strstr(log, "version=3") != NULL && strstr(log, "version=2") == NULL, "log: %s", log);
+	free(log);
+	ck_assert_int_ge(pv_state_schema_version(st), 3);
+	outbox_add_ok(st, "hook", 1, 1000, "k");
+	{
+		struct pv_state_backup *v;
+		size_t n;
+		ck_assert(pv_state_backups_list(st, NULL, NULL, &v, &n, &err));
+		ck_assert_uint_eq(n, 1);
+		pv_state_backups_free(v, n);
+	}
+	pv_state_close(st);
+	db = raw_open(path);
+	ck_assert_int_eq(raw_int(db,
+	                         "SELECT count(*) FROM sqlite_master WHERE name IN ('outbox', 'outbox_due', "
+	                         "'outbox_notifier')"),
+	                 3);
+	sqlite3_close(db);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -1438,6 +1625,8 @@ main(void)
 	tcase_add_test(tc, test_state__backup_newest_verified);
 	tcase_add_test(tc, test_state__backup_to_verify_order);
 	tcase_add_test(tc, test_state__backup_in_use_and_delete);
+	tcase_add_test(tc, test_state__outbox_add_due_marks);
+	tcase_add_test(tc, test_state__outbox_migration_from_v2);
 	suite_add_tcase(s, tc);
 
 	/* busy_timeout is 5 s, and the kill -9 loop runs several children. */
