@@ -33,6 +33,7 @@ struct pv_pg_scratch_op {
 	char *name;      /* create, drop */
 	char *sql;       /* the statement of create, drop, assert */
 	bool terminated; /* drop before 13: pg_terminate_backend done */
+	bool escalated;  /* the plain DROP failed: other sessions are being removed */
 	struct pv_pg_scratch_result res;
 	pv_pg_scratch_cb cb;
 	void *arg;
@@ -164,11 +165,37 @@ assertion_result(struct pv_pg_scratch_op *op, const PGresult *res)
 		op->res.holds = true;
 }
 
+/* The plain DROP failed (someone else is connected): remove the other sessions and retry. */
+static void
+escalate_drop(struct pv_pg_scratch_op *op)
+{
+	const char *params[1];
+
+	op->escalated = true;
+	if (op->res.server_version >= 130000) {
+		op->terminated = true;
+		free(op->sql);
+		op->sql = pv_asprintf("DROP DATABASE IF EXISTS \"%s\" WITH (FORCE)", op->name);
+		send_sql(op, op->sql, 0, NULL);
+	} else {
+		op->terminated = false;
+		params[0] = op->name;
+		send_sql(op, SQL_TERMINATE, 1, params);
+	}
+}
+
 static void
 on_statement(struct pv_pg_conn *conn, const PGresult *res, const struct pv_error *err, void *arg)
 {
 	struct pv_pg_scratch_op *op = arg;
 
+	if (err != NULL && op->kind == K_DROP && !op->escalated && err->code != PV_ERR_PG_TIMEOUT &&
+	    remaining(op) > 0) {
+		pv_log_info("plain drop failed, removing other sessions database=%s error=%s", op->name,
+		            pv_log_quote(err->msg));
+		escalate_drop(op);
+		return;
+	}
 	if (err != NULL) {
 		switch (op->kind) {
 		case K_CREATE: fail(op, err, "creating database %s", op->name); return;
@@ -213,15 +240,10 @@ on_connect(struct pv_pg_conn *conn, bool ok, const struct pv_error *err, void *a
 	case K_CREATE:
 	case K_ASSERT: send_sql(op, op->sql, 0, NULL); break;
 	case K_DROP:
-		if (op->res.server_version >= 130000) {
-			op->terminated = true;
-			free(op->sql);
-			op->sql = pv_asprintf("DROP DATABASE IF EXISTS \"%s\" WITH (FORCE)", op->name);
-			send_sql(op, op->sql, 0, NULL);
-		} else {
-			params[0] = op->name;
-			send_sql(op, SQL_TERMINATE, 1, params);
-		}
+		/* A plain DROP first: it makes autovacuum workers on the copy exit by itself, which
+		 * FORCE cannot do for a role without pg_signal_backend. */
+		op->terminated = true;
+		send_sql(op, op->sql, 0, NULL);
 		break;
 	case K_LIST:
 		params[0] = PV_PG_SCRATCH_PREFIX;

@@ -2041,6 +2041,32 @@ def rpo_breach_and_failed_probe_in_report(cluster):
         d.cleanup()
 
 
+@test
+def probe_leftover_with_a_session_dropped_at_start(cluster):
+    """A leftover scratch database that someone is still connected to: the plain DROP fails, the
+    daemon removes the other session (its own role may) and drops it; nothing else is touched."""
+    probe_prepare(cluster)
+    name = "pgvigil_probe_demo_20200101t000000"
+    psql(cluster, 'CREATE DATABASE "%s"' % name, db="postgres", user="vigil")
+    holder = subprocess.Popen([os.path.join(REAL_PG_BIN, "psql"), "-X", "-q", "-h", cluster.sock, "-p",
+                               str(cluster.port), "-U", "vigil", "-d", name, "-c", "SELECT pg_sleep(60)"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    d = Daemon()
+    try:
+        wait_for(lambda: psql(cluster, "SELECT count(*) FROM pg_stat_activity WHERE datname = '%s'" % name,
+                              db="postgres", user="postgres") == "1", 10, "the session on the leftover")
+        d.write_config(probe_config(d, cluster, BACKUP_JOB % 2))
+        d.start()
+        wait_for(lambda: name not in probe_dbs(cluster), 20, "the leftover scratch database to be dropped")
+        check("plain drop failed" in d.logtext(), "the drop did not go through the session removal")
+        check(holder.wait(10) != 0, "the other session was not ended")
+        check(d.stop() == 0, "exit status")
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        d.cleanup()
+
+
 def main():
     only = sys.argv[1:]
     if os.geteuid() != 0:
