@@ -14,7 +14,11 @@
 #include <event2/dns.h>
 #include <event2/event.h>
 
+#include "alert/engine.h"
+#include "alert/rules.h"
+#include "alert/snapshot.h"
 #include "config/config.h"
+#include "crypto/crypto.h"
 #include "ctl/commands.h"
 #include "ctl/report.h"
 #include "ctl/server.h"
@@ -23,6 +27,9 @@
 #include "jobs/probe.h"
 #include "loop/notify.h"
 #include "loop/proc.h"
+#include "notify/http.h"
+#include "notify/notify.h"
+#include "notify/outbox.h"
 #include "sched/cron.h"
 #include "sched/sched.h"
 #include "state/state.h"
@@ -33,6 +40,10 @@
 #define STOP_BOUND_SEC 20
 /* Jobs enforce their own timeout; the runner cancels one that is still running this much later. */
 #define DEADLINE_SLACK_SEC 10
+/* Alert rules are evaluated after every run and at least this often, so time-based rules fire on time. */
+#define ALERT_EVAL_SEC 30
+/* The persisted alert set in the state database's key/value store. */
+#define ALERT_KV_KEY "alerts"
 
 struct active_run {
 	struct pv_job_run run;
@@ -65,9 +76,25 @@ struct pv_daemon {
 	struct active_run *runs;
 	bool stopping;
 	int ready_fd;
+	/* Alerts: the engine's state, and what the next evaluation is told besides the state database. */
+	struct pv_http *http;
+	struct pv_outbox *outbox;
+	struct pv_alert_set alerts;
+	struct event *ev_alert;
+	struct pv_alert_snap_notifier *broken; /* notifiers that answered with a permanent error */
+	size_t n_broken;
+	struct pv_alert_snap_event *events; /* info events since the last evaluation */
+	size_t n_events;
+	struct pv_alert_snap_missed *missed; /* missed runs since the last evaluation */
+	size_t n_missed;
+	char *alerts_saved; /* the set as last written: an unchanged set is not written again */
 };
 
 static void schedule_tick(struct pv_daemon *d, double delay);
+static void alert_schedule(struct pv_daemon *d, double delay);
+static void alert_evaluate(struct pv_daemon *d);
+static void alert_note_run(struct pv_daemon *d, const struct pv_job_run *run);
+static void alert_note_missed(struct pv_daemon *d, const struct pv_sched_miss *m);
 
 static void
 strv_push(struct pv_strv *sv, char *s)
@@ -238,6 +265,7 @@ finish_cb(evutil_socket_t fd, short what, void *arg)
 		            run->job->database ? run->job->database->name : "-",
 		            pv_run_result_name(run->result), duration, pv_log_quote(run->cause));
 	pv_sched_run_finished(d->sched, run->job->name);
+	alert_note_run(d, run);
 
 	for (struct active_run **pp = &d->runs; *pp != NULL; pp = &(*pp)->next) {
 		if (*pp == ar) {
@@ -259,6 +287,7 @@ finish_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	/* A heavy job may be waiting for this slot. */
 	schedule_tick(d, 0);
+	alert_evaluate(d);
 }
 
 static void
@@ -432,6 +461,7 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 		            pv_sched_miss_reason_name(m->reason));
 		if (m->calendar)
 			persist_slot(d, m->job);
+		alert_note_missed(d, m);
 	}
 	for (size_t i = 0; i < tick.nruns; i++) {
 		const struct pv_sched_run *r = &tick.runs[i];
@@ -464,6 +494,375 @@ schedule_tick(struct pv_daemon *d, double delay)
 	tv.tv_sec = (time_t)delay;
 	tv.tv_usec = (suseconds_t)((delay - (double)tv.tv_sec) * 1e6);
 	event_add(d->ev_tick, &tv);
+}
+
+/* ---- alerts ---- */
+
+static void
+alert_schedule(struct pv_daemon *d, double delay)
+{
+	struct timeval tv;
+
+	if (d->ev_alert == NULL || d->stopping)
+		return;
+	if (delay < 0)
+		delay = 0;
+	tv.tv_sec = (time_t)delay;
+	tv.tv_usec = (suseconds_t)((delay - (double)tv.tv_sec) * 1e6);
+	event_del(d->ev_alert);
+	event_add(d->ev_alert, &tv);
+}
+
+static void
+alert_cb(evutil_socket_t fd, short what, void *arg)
+{
+	alert_evaluate(arg);
+}
+
+static void
+events_clear(struct pv_daemon *d)
+{
+	for (size_t i = 0; i < d->n_events; i++) {
+		free((char *)d->events[i].job);
+		free((char *)d->events[i].database);
+		free((char *)d->events[i].backup_id);
+		free((char *)d->events[i].detail);
+	}
+	free(d->events);
+	d->events = NULL;
+	d->n_events = 0;
+	for (size_t i = 0; i < d->n_missed; i++) {
+		free((char *)d->missed[i].job);
+		free((char *)d->missed[i].database);
+	}
+	free(d->missed);
+	d->missed = NULL;
+	d->n_missed = 0;
+}
+
+static void
+broken_clear(struct pv_daemon *d)
+{
+	for (size_t i = 0; i < d->n_broken; i++) {
+		free((char *)d->broken[i].name);
+		free((char *)d->broken[i].reason);
+	}
+	free(d->broken);
+	d->broken = NULL;
+	d->n_broken = 0;
+}
+
+/* The info events of a finished run, for the next evaluation. */
+static void
+alert_note_run(struct pv_daemon *d, const struct pv_job_run *run)
+{
+	struct pv_alert_snap_event *e;
+	enum pv_rule rule;
+	json_t *f = run->figures, *v;
+
+	if (run->result == PV_RUN_CANCELLED)
+		return;
+	if (run->job->type == PV_JOB_BACKUP && run->result == PV_RUN_OK)
+		rule = PV_RULE_BACKUP_SUCCEEDED;
+	else if (run->job->type == PV_JOB_RESTORE_PROBE)
+		rule = PV_RULE_RESTORE_PROBE_RESULT;
+	else if (run->job->type == PV_JOB_DRILL)
+		rule = PV_RULE_DRILL_SUMMARY;
+	else
+		return;
+	d->events = pv_realloc(d->events, (d->n_events + 1) * sizeof(*d->events));
+	e = &d->events[d->n_events++];
+	memset(e, 0, sizeof(*e));
+	e->rule = rule;
+	e->job = pv_strdup(run->job->name);
+	e->database = run->job->database != NULL ? pv_strdup(run->job->database->name) : NULL;
+	v = json_object_get(f, "backup_id");
+	e->backup_id = json_is_string(v) ? pv_strdup(json_string_value(v)) : NULL;
+	e->ok = run->result == PV_RUN_OK;
+	e->size = json_integer_value(json_object_get(f, "size"));
+	v = json_object_get(f, rule == PV_RULE_BACKUP_SUCCEEDED ? "dump_seconds" : "total_seconds");
+	e->seconds = json_is_number(v) ? json_number_value(v) : pv_now_mono() - run->started_mono;
+	e->at = time(NULL);
+	e->detail = run->cause[0] != '\0' ? pv_strdup(run->cause) : NULL;
+}
+
+static void
+alert_note_missed(struct pv_daemon *d, const struct pv_sched_miss *m)
+{
+	const struct pv_config_job *job = pv_config_job_find(d->cfg, m->job);
+
+	for (size_t i = 0; i < d->n_missed; i++)
+		if (strcmp(d->missed[i].job, m->job) == 0) {
+			d->missed[i].count++;
+			if (m->slot > d->missed[i].last_slot)
+				d->missed[i].last_slot = m->slot;
+			return;
+		}
+	d->missed = pv_realloc(d->missed, (d->n_missed + 1) * sizeof(*d->missed));
+	d->missed[d->n_missed++] = (struct pv_alert_snap_missed){
+	        .job = pv_strdup(m->job),
+	        .database = job != NULL && job->database != NULL ? pv_strdup(job->database->name) : NULL,
+	        .count = 1,
+	        .last_slot = m->slot,
+	};
+}
+
+static void
+outbox_broken_cb(const char *notifier, const char *reason, void *arg)
+{
+	struct pv_daemon *d = arg;
+	struct pv_alert_snap_notifier *b = NULL;
+
+	for (size_t i = 0; i < d->n_broken; i++)
+		if (strcmp(d->broken[i].name, notifier) == 0)
+			b = &d->broken[i];
+	if (b == NULL) {
+		d->broken = pv_realloc(d->broken, (d->n_broken + 1) * sizeof(*d->broken));
+		b = &d->broken[d->n_broken++];
+		b->name = pv_strdup(notifier);
+		b->broken = true;
+		b->reason = NULL;
+	}
+	free((char *)b->reason);
+	b->reason = reason != NULL ? pv_strdup(reason) : NULL;
+	/* Not from inside the outbox's callback: the evaluation queues into the outbox. */
+	alert_schedule(d, 0);
+}
+
+static void
+outbox_event_cb(const struct pv_outbox_event *ev, void *arg)
+{
+	struct pv_daemon *d = arg;
+
+	if (ev->kind != PV_OUTBOX_SENT)
+		return;
+	/* A delivery proves the notifier works again: notifier_broken resolves at the next evaluation. */
+	for (size_t i = 0; i < d->n_broken; i++)
+		if (strcmp(d->broken[i].name, ev->notifier) == 0) {
+			free((char *)d->broken[i].name);
+			free((char *)d->broken[i].reason);
+			d->broken[i] = d->broken[--d->n_broken];
+			alert_schedule(d, 0);
+			break;
+		}
+}
+
+static void
+alert_set_notifiers(struct pv_daemon *d, const struct pv_config *cfg)
+{
+	for (size_t i = 0; i < cfg->n_notifiers; i++)
+		if (cfg->notifiers[i].type == PV_NOTIFIER_EMAIL)
+			pv_log_warn("email notifiers are not yet supported: nothing is sent to notifier=%s",
+			            cfg->notifiers[i].name);
+	pv_outbox_set_notifiers(d->outbox, cfg->notifiers, cfg->n_notifiers);
+}
+
+static void
+alert_load(struct pv_daemon *d)
+{
+	struct pv_error err;
+	char *text = NULL;
+	json_t *j;
+
+	if (!pv_state_kv_get(d->state, ALERT_KV_KEY, &text, &err)) {
+		if (err.code != PV_ERR_NOT_FOUND)
+			pv_log_error("cannot read the alert set, starting with none error=%s",
+			             pv_log_quote(err.msg));
+		return;
+	}
+	j = json_loads(text, 0, NULL);
+	if (j == NULL || !pv_alert_set_from_json(j, &d->alerts, &err))
+		pv_log_error("cannot read the alert set, starting with none error=%s",
+		             j == NULL ? "\"not JSON\"" : pv_log_quote(err.msg));
+	else if (d->alerts.n > 0)
+		pv_log_notice("alert set loaded alerts=%zu", d->alerts.n);
+	json_decref(j);
+	free(d->alerts_saved);
+	d->alerts_saved = text;
+}
+
+static void
+alert_persist(struct pv_daemon *d)
+{
+	json_t *j = pv_alert_set_to_json(&d->alerts);
+	char *text = json_dumps(j, JSON_COMPACT);
+	struct pv_error err;
+
+	json_decref(j);
+	if (text == NULL) {
+		pv_log_error("cannot record the alert set error=\"out of memory\"");
+		return;
+	}
+	if (d->alerts_saved != NULL && strcmp(d->alerts_saved, text) == 0) {
+		free(text);
+		return;
+	}
+	if (!pv_state_kv_set(d->state, ALERT_KV_KEY, text, &err)) {
+		pv_log_error("cannot record the alert set error=%s", pv_log_quote(err.msg));
+		free(text);
+		return;
+	}
+	free(d->alerts_saved);
+	d->alerts_saved = text;
+}
+
+/* What an alert is about, for titles. */
+static const char *
+subject_of(const struct pv_alert_notification *a)
+{
+	return a->database ? a->database : a->job ? a->job : a->notifier ? a->notifier : "storage";
+}
+
+static char *
+title_of(const struct pv_alert_notification *a)
+{
+	const char *rule = pv_alert_rule_name(a->rule), *value = a->value ? a->value : "";
+
+	switch (a->kind) {
+	case PV_ALERT_NOTIFY_FIRING: return pv_asprintf("%s on %s: %s", rule, subject_of(a), value);
+	case PV_ALERT_NOTIFY_REPEAT:
+		return pv_asprintf("still firing: %s on %s: %s", rule, subject_of(a), value);
+	case PV_ALERT_NOTIFY_SEVERITY:
+		return pv_asprintf("now %s: %s on %s: %s", pv_severity_name(a->severity), rule, subject_of(a),
+		                   value);
+	case PV_ALERT_NOTIFY_RESOLVED: return pv_asprintf("resolved: %s on %s", rule, subject_of(a));
+	case PV_ALERT_NOTIFY_EVENT: break;
+	}
+	return pv_asprintf("%s %s: %s", rule, subject_of(a), value);
+}
+
+/* Stable across attempts and re-queues of the same notification to the same notifier. */
+static char *
+idempotency_key(const struct pv_alert_notification *a, const char *notifier)
+{
+	struct pv_crypto_sha256 *h = pv_crypto_sha256_new();
+	char hex[PV_CRYPTO_SHA256_HEX_LEN + 1];
+	char *text = pv_asprintf("%s\n%s\n%s\n%lld\n%lld", notifier, a->fingerprint,
+	                         pv_alert_kind_name(a->kind), (long long)a->fired_at, (long long)a->at);
+
+	pv_crypto_sha256_update(h, text, strlen(text));
+	pv_crypto_sha256_final_hex(h, hex);
+	pv_crypto_sha256_free(h);
+	free(text);
+	return pv_asprintf("pgvigil-%.32s", hex);
+}
+
+static void
+alert_log(const struct pv_alert_notification *a)
+{
+	const char *kind = pv_alert_kind_name(a->kind);
+	const char *rule = pv_alert_rule_name(a->rule);
+	const char *db = a->database ? a->database : "-", *job = a->job ? a->job : "-";
+	const char *value = pv_log_quote(a->value ? a->value : "");
+
+	if (a->kind == PV_ALERT_NOTIFY_RESOLVED || a->kind == PV_ALERT_NOTIFY_EVENT)
+		pv_log_notice("alert %s rule=%s severity=%s database=%s job=%s value=%s%s", kind, rule,
+		              pv_severity_name(a->severity), db, job, value,
+		              a->suppressed ? " suppressed=yes" : "");
+	else
+		pv_log_warn("alert %s rule=%s severity=%s database=%s job=%s value=%s%s", kind, rule,
+		            pv_severity_name(a->severity), db, job, value,
+		            a->suppressed ? " suppressed=yes" : "");
+}
+
+/* One message per notifier that takes this severity (only Slack and webhooks have senders yet). */
+static void
+alert_deliver(struct pv_daemon *d, const struct pv_alert_notification *a)
+{
+	for (size_t i = 0; i < d->cfg->n_notifiers; i++) {
+		const struct pv_config_notifier *nf = &d->cfg->notifiers[i];
+		struct pv_notification n = {0};
+		struct pv_error err;
+
+		if (!(nf->severities & PV_SEV_MASK(a->severity)) ||
+		    (nf->type != PV_NOTIFIER_SLACK && nf->type != PV_NOTIFIER_WEBHOOK))
+			continue;
+		/* A broken notifier is announced through the others. */
+		if (a->rule == PV_RULE_NOTIFIER_BROKEN && a->notifier != NULL &&
+		    strcmp(a->notifier, nf->name) == 0)
+			continue;
+		n.notifier = pv_strdup(nf->name);
+		n.rule = pv_strdup(pv_alert_rule_name(a->rule));
+		n.severity = a->severity;
+		n.status = a->kind == PV_ALERT_NOTIFY_RESOLVED ? PV_NOTIFY_RESOLVED
+		           : a->kind == PV_ALERT_NOTIFY_EVENT  ? PV_NOTIFY_INFO
+		                                               : PV_NOTIFY_FIRING;
+		n.database = a->database ? pv_strdup(a->database) : NULL;
+		n.job = a->job ? pv_strdup(a->job) : NULL;
+		n.title = title_of(a);
+		n.value = a->value ? pv_strdup(a->value) : NULL;
+		n.threshold = a->threshold && a->threshold[0] ? pv_strdup(a->threshold) : NULL;
+		n.at = a->at;
+		n.idempotency_key = idempotency_key(a, nf->name);
+		if (!pv_outbox_enqueue(d->outbox, &n, &err))
+			pv_log_error("cannot queue notification notifier=%s rule=%s error=%s", nf->name,
+			             n.rule, pv_log_quote(err.msg));
+		pv_notification_clear(&n);
+	}
+}
+
+/* Rules, then the state machine, then the outbox; the set is persisted after every step. */
+static void
+alert_evaluate(struct pv_daemon *d)
+{
+	struct pv_alert_snapshot snap;
+	struct pv_alert_conditions conds = {0};
+	struct pv_alert_notifications notes = {0};
+	struct pv_error err;
+	time_t now = time(NULL), due;
+	double delay = ALERT_EVAL_SEC;
+
+	if (d->stopping || d->outbox == NULL)
+		return;
+	if (!pv_alert_snapshot_build(d->state, d->cfg, now, d->started, &snap, &err)) {
+		pv_log_error("cannot evaluate alerts error=%s", pv_log_quote(err.msg));
+		alert_schedule(d, ALERT_EVAL_SEC);
+		return;
+	}
+	snap.notifiers = d->broken;
+	snap.n_notifiers = d->n_broken;
+	snap.events = d->events;
+	snap.n_events = d->n_events;
+	snap.missed = d->missed;
+	snap.n_missed = d->n_missed;
+	pv_alert_rules_eval(d->cfg, &snap, now, &conds);
+	pv_alert_engine_step(&d->cfg->alerts, &d->alerts, &conds, NULL, now, &notes);
+	for (size_t i = 0; i < notes.n; i++) {
+		alert_log(&notes.v[i]);
+		if (!notes.v[i].suppressed)
+			alert_deliver(d, &notes.v[i]);
+	}
+	alert_persist(d);
+	pv_alert_notifications_clear(&notes);
+	pv_alert_conditions_clear(&conds);
+	pv_alert_snapshot_free(&snap);
+	events_clear(d);
+
+	due = pv_alert_engine_next_due(&d->cfg->alerts, &d->alerts);
+	if (due > 0 && (double)(due - now) < delay)
+		delay = due > now ? (double)(due - now) : 1;
+	alert_schedule(d, delay);
+}
+
+static bool
+alert_start(struct pv_daemon *d, struct pv_error *err)
+{
+	struct pv_outbox_options opts = {
+	        .on_broken = outbox_broken_cb,
+	        .on_event = outbox_event_cb,
+	        .arg = d,
+	};
+
+	d->http = pv_http_new(d->base, err);
+	if (d->http == NULL)
+		return false;
+	d->outbox = pv_outbox_new(d->base, d->state, d->http, &opts, err);
+	if (d->outbox == NULL)
+		return false;
+	alert_set_notifiers(d, d->cfg);
+	alert_load(d);
+	d->ev_alert = evtimer_new(d->base, alert_cb, d);
+	return true;
 }
 
 /* ---- reload and stop ---- */
@@ -511,6 +910,9 @@ pv_daemon_reload(struct pv_daemon *d, struct pv_error *err)
 	/* Running jobs keep the configuration they started with (they hold a reference). */
 	pv_config_unref(d->cfg);
 	d->cfg = cfg;
+	/* A notifier the new configuration fixed must not stay broken; one still broken is found again. */
+	broken_clear(d);
+	alert_set_notifiers(d, cfg);
 	level = cfg->daemon.log_level;
 	pv_log_set_level(level);
 	d->reload.ok = true;
@@ -519,6 +921,7 @@ pv_daemon_reload(struct pv_daemon *d, struct pv_error *err)
 	pv_notify_status("running: %zu jobs", cfg->n_jobs);
 	pv_notify_ready();
 	schedule_tick(d, 0);
+	alert_schedule(d, 0);
 	return true;
 }
 
@@ -556,6 +959,8 @@ term_cb(evutil_socket_t fd, short what, void *arg)
 	pv_notify_stopping();
 	pv_log_notice("stopping signal=%s running=%s", fd == SIGINT ? "INT" : "TERM", d->runs ? "yes" : "no");
 	event_del(d->ev_tick);
+	if (d->ev_alert != NULL)
+		event_del(d->ev_alert);
 	for (struct active_run *ar = d->runs; ar != NULL; ar = ar->next) {
 		ar->run.cancel_requested = true;
 		if (ar->ops->cancel != NULL)
@@ -696,6 +1101,8 @@ pv_daemon_new(const struct pv_daemon_opts *opts, struct pv_error *err)
 	d->sched = pv_sched_new(d->cfg->daemon.max_parallel_jobs);
 	if (!sched_load(d, d->cfg, err))
 		goto fail;
+	if (!alert_start(d, err))
+		goto fail;
 
 	d->ctl = pv_ctl_server_new(d->base, d->cfg->daemon.socket, pv_ctl_commands, ctl_is_admin, d, err);
 	if (d->ctl == NULL)
@@ -731,6 +1138,7 @@ pv_daemon_run(struct pv_daemon *d)
 	/* Scratch databases a crashed probe left behind go first, asynchronously. */
 	pv_probe_cleanup_start(d->base, d->dns, d->cfg);
 	schedule_tick(d, 0);
+	alert_schedule(d, 0);
 	event_base_dispatch(d->base);
 	pv_log_notice("stopped");
 	return EXIT_SUCCESS;
@@ -765,6 +1173,15 @@ pv_daemon_free(struct pv_daemon *d)
 		event_free(d->ev_tick);
 	if (d->ev_stop)
 		event_free(d->ev_stop);
+	if (d->ev_alert)
+		event_free(d->ev_alert);
+	/* Messages not yet delivered stay pending in the state database for the next start. */
+	pv_outbox_free(d->outbox);
+	pv_http_free(d->http);
+	pv_alert_set_clear(&d->alerts);
+	free(d->alerts_saved);
+	events_clear(d);
+	broken_clear(d);
 	pv_notify_shutdown();
 	pv_proc_shutdown();
 	pv_sched_free(d->sched);
@@ -814,6 +1231,63 @@ run_json(const struct pv_state_run *r)
 	if (r->figures != NULL) {
 		json_t *f = json_loads(r->figures, 0, NULL);
 		json_object_set_new(o, "figures", f != NULL ? f : json_null());
+	}
+	return o;
+}
+
+static json_t *
+alert_json(const struct pv_alert_state *a)
+{
+	json_t *o = json_object();
+
+	json_object_set_new(o, "fingerprint", json_string(a->fingerprint));
+	json_object_set_new(o, "rule", json_string(pv_alert_rule_name(a->rule)));
+	json_object_set_new(o, "severity", json_string(pv_severity_name(a->severity)));
+	json_object_set_new(o, "status", json_string(pv_alert_status_name(a->status)));
+	json_object_set_new(o, "database", a->database ? json_string(a->database) : json_null());
+	json_object_set_new(o, "job", a->job ? json_string(a->job) : json_null());
+	json_object_set_new(o, "notifier", a->notifier ? json_string(a->notifier) : json_null());
+	json_object_set_new(o, "value", a->value ? json_string(a->value) : json_null());
+	json_object_set_new(o, "threshold", a->threshold ? json_string(a->threshold) : json_null());
+	json_object_set_new(o, "first_seen", time_json(a->first_seen));
+	json_object_set_new(o, "fired_at", time_json(a->fired_at));
+	json_object_set_new(o, "last_sent", time_json(a->last_sent));
+	json_object_set_new(o, "resolved_at", time_json(a->resolved_at));
+	return o;
+}
+
+json_t *
+pv_daemon_alerts_json(struct pv_daemon *d, bool history, bool firing_only)
+{
+	json_t *arr = json_array();
+
+	for (size_t i = 0; i < d->alerts.n; i++) {
+		const struct pv_alert_state *a = &d->alerts.v[i];
+		bool resolved = a->status == PV_ALERT_RESOLVED;
+		if (history != resolved || (firing_only && a->status != PV_ALERT_FIRING))
+			continue;
+		json_array_append_new(arr, alert_json(a));
+	}
+	return arr;
+}
+
+static json_t *
+notifications_json(struct pv_daemon *d)
+{
+	json_t *o = json_object();
+
+	for (size_t i = 0; i < d->cfg->n_notifiers; i++) {
+		struct pv_state_outbox_counts c = {0};
+		struct pv_error err;
+		if (!pv_state_outbox_counts(d->state, d->cfg->notifiers[i].name, &c, &err)) {
+			pv_log_error("cannot count notifications notifier=%s error=%s",
+			             d->cfg->notifiers[i].name, pv_log_quote(err.msg));
+			continue;
+		}
+		json_object_set_new(o, d->cfg->notifiers[i].name,
+		                    json_pack("{s:I,s:I,s:I,s:I}", "pending", (json_int_t)c.pending, "failed",
+		                              (json_int_t)c.failed, "sent", (json_int_t)c.sent, "dropped",
+		                              (json_int_t)c.dropped));
 	}
 	return o;
 }
@@ -895,6 +1369,8 @@ pv_daemon_status_json(struct pv_daemon *d)
 		json_array_append_new(dbs, dj);
 	}
 	json_object_set_new(o, "databases", dbs);
+	json_object_set_new(o, "alerts", pv_daemon_alerts_json(d, false, true));
+	json_object_set_new(o, "notifications", notifications_json(d));
 	return o;
 }
 

@@ -28,6 +28,8 @@ void pv_daemon_free(struct pv_daemon *d);
 /* Control-command entry points (src/ctl/commands.c). Each returns a new JSON reference. */
 json_t *pv_daemon_status_json(struct pv_daemon *d);
 json_t *pv_daemon_jobs_json(struct pv_daemon *d);
+/* Alerts of the persisted set: resolved ones (history), else pending and firing (or firing only). */
+json_t *pv_daemon_alerts_json(struct pv_daemon *d, bool history, bool firing_only);
 bool pv_daemon_run_job(struct pv_daemon *d, const char *job, int64_t *run_id, struct pv_error *err);
 bool pv_daemon_reload(struct pv_daemon *d, struct pv_error *err);
 bool pv_daemon_is_admin(struct pv_daemon *d, uid_t uid, gid_t gid);

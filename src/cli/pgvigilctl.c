@@ -45,6 +45,7 @@ usage(FILE *out)
 	        "  verify BACKUP_ID       verify one backup now (ID, or DATABASE/JOB/ID)\n"
 	        "  prune [--dry-run]      apply retention now, or show what it would delete (admins)\n"
 	        "  report [--json]        disaster-recovery readiness report per database (Markdown)\n"
+	        "  alerts [history]       firing and pending alerts, or the resolved ones\n"
 	        "  restore ID|latest --database DB --to CONNINFO [--force]\n"
 	        "                         restore a backup into a database and validate it (admins)\n"
 	        "commands (offline):\n"
@@ -195,6 +196,59 @@ fmt_duration(double secs, char *buf, size_t size)
 		snprintf(buf, size, "%ldd%02ldh", s / 86400, s % 86400 / 3600);
 }
 
+/* Two lines: the firing alerts, and the notifications waiting or failed per notifier. */
+static void
+print_status_alerts(json_t *d)
+{
+	json_t *alerts = json_object_get(d, "alerts"), *notes = json_object_get(d, "notifications"), *a;
+	const char *name;
+	size_t i;
+
+	printf("\nfiring alerts: %zu", json_array_size(alerts));
+	json_array_foreach(alerts, i, a)
+	{
+		const char *about = str(a, "database", NULL);
+		if (about == NULL)
+			about = str(a, "job", NULL);
+		if (about == NULL)
+			about = str(a, "notifier", "-");
+		printf("%s %s/%s (%s)", i == 0 ? ":" : ",", str(a, "rule", "?"), about,
+		       str(a, "severity", "?"));
+	}
+	printf("\nnotifications:");
+	if (json_object_size(notes) == 0)
+		printf(" no notifiers");
+	i = 0;
+	json_object_foreach(notes, name, a)
+	{
+		printf("%s %s %lld pending, %lld failed", i++ == 0 ? "" : ";", name,
+		       (long long)json_integer_value(json_object_get(a, "pending")),
+		       (long long)json_integer_value(json_object_get(a, "failed")));
+	}
+	printf("\n");
+}
+
+static void
+print_alerts(json_t *d)
+{
+	json_t *alerts = json_object_get(d, "alerts"), *a;
+	bool history = json_is_true(json_object_get(d, "history"));
+	size_t i;
+
+	if (json_array_size(alerts) == 0) {
+		printf(history ? "no resolved alerts\n" : "no alerts\n");
+		return;
+	}
+	printf("%-20s %-9s %-9s %-16s %-16s %-21s %s\n", "RULE", "SEVERITY", "STATUS", "DATABASE", "JOB",
+	       history ? "RESOLVED" : "SINCE", "VALUE");
+	json_array_foreach(alerts, i, a)
+	{
+		printf("%-20s %-9s %-9s %-16s %-16s %-21s %s\n", str(a, "rule", "?"), str(a, "severity", "?"),
+		       str(a, "status", "?"), str(a, "database", "-"), str(a, "job", "-"),
+		       history ? str(a, "resolved_at", "-") : str(a, "first_seen", "-"), str(a, "value", ""));
+	}
+}
+
 static void
 print_status(json_t *d)
 {
@@ -245,6 +299,7 @@ print_status(json_t *d)
 		       json_is_object(h) ? str(h, "cause", "") : "");
 		pv_cli_print_rpo_rto(db);
 	}
+	print_status_alerts(d);
 }
 
 static void
@@ -685,6 +740,12 @@ main(int argc, char **argv)
 		}
 		cli.json = cli.json || argc == 2;
 		req = pv_ctl_request_new("report", NULL);
+	} else if (strcmp(cmd, "alerts") == 0) {
+		if (argc > 2 || (argc == 2 && strcmp(argv[1], "history") != 0)) {
+			fprintf(stderr, "usage: pgvigilctl alerts [history]\n");
+			return EXIT_USAGE;
+		}
+		req = pv_ctl_request_new("alerts", json_pack("{s:b}", "history", argc == 2));
 	} else if (strcmp(cmd, "prune") == 0) {
 		bool dry = argc == 2 && strcmp(argv[1], "--dry-run") == 0;
 		if (argc > 2 || (argc == 2 && !dry)) {
@@ -718,6 +779,8 @@ main(int argc, char **argv)
 			print_backups(data);
 		} else if (strcmp(cmd, "prune") == 0) {
 			print_prune(data);
+		} else if (strcmp(cmd, "alerts") == 0) {
+			print_alerts(data);
 		} else if (strcmp(cmd, "report") == 0) {
 			pv_cli_report(data, false);
 		} else if (strcmp(cmd, "verify") == 0) {

@@ -32,6 +32,16 @@ cmd_jobs(void *ctx, const struct pv_ctl_peer *peer, json_t *args, json_t **data,
 }
 
 static bool
+cmd_alerts(void *ctx, const struct pv_ctl_peer *peer, json_t *args, json_t **data, struct pv_error *err)
+{
+	bool history = json_is_true(json_object_get(args, "history"));
+
+	*data = json_pack("{s:b,s:o}", "history", history, "alerts",
+	                  pv_daemon_alerts_json(ctx, history, false));
+	return true;
+}
+
+static bool
 cmd_run(void *ctx, const struct pv_ctl_peer *peer, json_t *args, json_t **data, struct pv_error *err)
 {
 	const char *job = json_string_value(json_object_get(args, "job"));
@@ -208,5 +218,6 @@ const struct pv_ctl_command pv_ctl_commands[] = {
         {.name = "restore", .mutating = true, .async = pv_ctl_restore},
         {.name = "restore-progress", .handler = pv_ctl_restore_progress},
         {.name = "report", .handler = pv_ctl_report},
+        {.name = "alerts", .handler = cmd_alerts},
         {.name = NULL},
 };

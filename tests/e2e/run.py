@@ -2041,6 +2041,128 @@ def rpo_breach_and_failed_probe_in_report(cluster):
         d.cleanup()
 
 
+class WebhookSink:
+    """A local HTTP endpoint that records every request (arrival time, headers, body) and answers 200."""
+
+    def __init__(self):
+        import http.server
+        sink = self
+        self.received = []
+        self.lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with sink.lock:
+                    sink.received.append({"at": time.time(), "headers": dict(self.headers), "body": body})
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def messages(self):
+        with self.lock:
+            return [dict(m, json=json.loads(m["body"])) for m in self.received]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _pg_ctl(cluster, *args):
+    out = subprocess.run(["runuser", "-u", PG_CTL_USER, "--", os.path.join(REAL_PG_BIN, "pg_ctl"), "-D",
+                          os.path.join(cluster.dir, "data"), "-l", os.path.join(cluster.dir, "server.log")]
+                         + list(args), capture_output=True, text=True, timeout=60)
+    check(out.returncode == 0, "pg_ctl %s: %s" % (" ".join(args), out.stderr))
+
+
+@test
+def alert_connectivity_lost_reaches_webhook(cluster):
+    import hashlib
+    import hmac
+    secret = "hook-secret-for-e2e"
+    d = Daemon(env_extra={"HOOK_SECRET": secret})
+    sink = WebhookSink()
+    other = None
+    try:
+        other = Cluster(port=cluster.port + 2 if cluster.port < 39990 else cluster.port - 2)
+        extra = """  other:
+    conninfo: "host=127.0.0.1 port=%d dbname=demo user=vigil connect_timeout=2"
+    password: env:DEMO_PASS
+""" % other.port
+        jobs = "  hc-other: { type: health, database: other, every: 1s, timeout: 5s }\n"
+        text = base_config(d, cluster, jobs, extra_db=extra) + """alerts:
+  group_wait: 1s
+  rules:
+    connectivity_lost: { after: 3s }
+    backup_stale: { enabled: false }
+    rpo_breach: { enabled: false }
+notifiers:
+  hook: { type: webhook, url: "http://127.0.0.1:%d/hook", secret: env:HOOK_SECRET }
+""" % sink.port
+        d.write_config(text)
+        d.start()
+        wait_for(lambda: [r for r in d.runs("hc-other") if r["result"] == "ok"], 15, "a good health run")
+        _pg_ctl(other, "-m", "immediate", "-w", "stop")
+        stopped = time.time()
+
+        def firing():
+            return [m for m in sink.messages() if m["json"]["rule"] == "connectivity_lost"
+                    and m["json"]["status"] == "firing"]
+        msgs = wait_for(firing, 30, "the connectivity_lost notification")
+        m = msgs[0]
+        latency = m["at"] - (stopped + 3)
+        print("     connectivity_lost: condition true at stop+3s, received %.2fs later (%.2fs after the stop)"
+              % (latency, m["at"] - stopped), flush=True)
+        check(m["at"] - stopped < 15, "alert took %.1fs after the stop" % (m["at"] - stopped))
+        check(m["at"] - stopped >= 3, "alert before the threshold: %.1fs" % (m["at"] - stopped))
+        check(m["json"]["database"] == "other" and m["json"]["severity"] == "critical", "body: %r" % m["json"])
+        sig = m["headers"].get("X-Pgvigil-Signature")
+        want = "sha256=" + hmac.new(secret.encode(), m["body"], hashlib.sha256).hexdigest()
+        check(sig is not None and hmac.compare_digest(sig, want), "signature %r, want %r" % (sig, want))
+        check(m["headers"].get("X-Pgvigil-Idempotency-Key") == m["json"]["idempotency_key"], "idempotency header")
+        al = d.ctl_json("alerts")["alerts"]
+        check([a for a in al if a["rule"] == "connectivity_lost" and a["database"] == "other"
+               and a["status"] == "firing"], "alerts while firing: %r" % al)
+        out = d.ctl("alerts", check_rc=0).stdout
+        check("connectivity_lost" in out and "other" in out and "firing" in out, "alerts table:\n" + out)
+        st = d.ctl_json("status")
+        check([a for a in st["alerts"] if a["rule"] == "connectivity_lost"], "status alerts: %r" % st["alerts"])
+        check("hook" in st["notifications"] and st["notifications"]["hook"]["failed"] == 0,
+              "status notifications: %r" % st["notifications"])
+        out = d.ctl("status", check_rc=0).stdout
+        check("firing alerts: 1" in out and "hook" in out, "status text:\n" + out)
+        check("alert firing rule=connectivity_lost" in d.logtext() and "database=other" in d.logtext(),
+              "transition not logged")
+
+        _pg_ctl(other, "-w", "start")
+
+        def resolved():
+            return [m for m in sink.messages() if m["json"]["rule"] == "connectivity_lost"
+                    and m["json"]["status"] == "resolved"]
+        r = wait_for(resolved, 30, "the resolved notification")[0]
+        check(r["json"]["database"] == "other", "resolved body: %r" % r["json"])
+        check(len(firing()) == 1, "firing sent %d times" % len(firing()))
+        check(d.ctl_json("alerts")["alerts"] == [], "alerts after resolve: %r" % d.ctl_json("alerts"))
+        hist = d.ctl_json("alerts", "history")["alerts"]
+        check([a for a in hist if a["rule"] == "connectivity_lost"], "history: %r" % hist)
+        check(secret not in d.logtext(), "secret logged")
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+        sink.close()
+        if other is not None:
+            other.stop()
+
+
 @test
 def probe_leftover_with_a_session_dropped_at_start(cluster):
     """A leftover scratch database that someone is still connected to: the plain DROP fails, the
