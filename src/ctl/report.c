@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alert/engine.h"
+#include "alert/rules.h"
 #include "config/config.h"
 #include "daemon.h"
 #include "state/state.h"
@@ -724,6 +726,37 @@ storage_reasons(const struct pv_config *cfg, json_t *storage, struct reasons *rs
 		           "backup storage full in %.1f days at the current growth", json_number_value(days));
 }
 
+/* The alerts firing for a database, from the alert set the daemon persists after each evaluation. */
+static json_t *
+alerts_section(struct pv_state *st, const struct pv_config_database *db)
+{
+	json_t *list = json_array(), *j;
+	struct pv_alert_set set = {0};
+	char *text = NULL;
+
+	if (pv_state_kv_get(st, "alerts", &text, NULL) && text != NULL &&
+	    (j = json_loads(text, 0, NULL)) != NULL) {
+		if (pv_alert_set_from_json(j, &set, NULL)) {
+			for (size_t i = 0; i < set.n; i++) {
+				const struct pv_alert_state *a = &set.v[i];
+				if (a->status != PV_ALERT_FIRING || a->database == NULL ||
+				    strcmp(a->database, db->name) != 0)
+					continue;
+				json_array_append_new(list,
+				                      json_pack("{s:s,s:s,s:s?,s:s?,s:s?,s:I}", "rule",
+				                                pv_alert_rule_name(a->rule), "severity",
+				                                pv_severity_name(a->severity), "value",
+				                                a->value, "threshold", a->threshold, "job",
+				                                a->job, "since", (json_int_t)a->fired_at));
+			}
+		}
+		pv_alert_set_clear(&set);
+		json_decref(j);
+	}
+	free(text);
+	return json_pack("{s:b,s:o}", "available", 1, "firing", list);
+}
+
 static json_t *
 database_report(struct pv_state *st, const struct pv_config *cfg, const struct pv_config_database *db,
                 json_t *storage, time_t now)
@@ -745,9 +778,7 @@ database_report(struct pv_state *st, const struct pv_config *cfg, const struct p
 	storage_reasons(cfg, storage, &rs);
 	json_object_set(o, "rpo", json_object_get(rr, "rpo"));
 	json_object_set(o, "rto", json_object_get(rr, "rto"));
-	json_object_set_new(
-	        o, "alerts",
-	        json_pack("{s:b,s:s}", "available", 0, "note", "alerting not available in this version"));
+	json_object_set_new(o, "alerts", alerts_section(st, db));
 	json_object_set_new(o, "headline",
 	                    json_string(rs.not_ready ? NOT_READY
 	                                : rs.at_risk ? AT_RISK
@@ -1236,9 +1267,23 @@ pv_report_markdown(const json_t *report)
 		md_restore_test(out, "drill", json_object_get(db, "drill"));
 		fprintf(out, "\n");
 		md_rpo_rto(out, db);
-		fprintf(out, "### Firing alerts\n\n%s\n\n",
-		        jstr(json_object_get(db, "alerts"), "note",
-		             "alerting not available in this version"));
+		fprintf(out, "### Firing alerts\n\n");
+		{
+			json_t *firing = json_object_get(json_object_get(db, "alerts"), "firing");
+			size_t ai;
+			json_t *al;
+
+			if (json_array_size(firing) == 0)
+				fprintf(out, "none\n\n");
+			json_array_foreach(firing, ai, al)
+			{
+				fprintf(out, "- %s %s: %s (threshold %s)\n", jstr(al, "severity", "?"),
+				        jstr(al, "rule", "?"), jstr(al, "value", "?"),
+				        jstr(al, "threshold", "-"));
+			}
+			if (json_array_size(firing) > 0)
+				fprintf(out, "\n");
+		}
 		fprintf(out,
 		        "### Storage\n\nThis database's backups use %s; the store is shared (see "
 		        "Storage).\n\n",

@@ -1989,8 +1989,7 @@ def rpo_rto_status_and_report(cluster):
         check(rep["restore_probe"]["result"] == "ok" and rep["restore_probe"]["backup_id"] == bid
               and rep["restore_probe"]["total_seconds"] > 0, "probe: %r" % rep["restore_probe"])
         check(rep["drill"] is None, "drill: %r" % rep["drill"])
-        check(rep["alerts"] == {"available": False, "note": "alerting not available in this version"},
-              "alerts: %r" % rep["alerts"])
+        check(rep["alerts"] == {"available": True, "firing": []}, "alerts: %r" % rep["alerts"])
         check(report["storage"]["path"] == storage_dir(d), "storage: %r" % report["storage"])
 
         md = d.ctl("report", check_rc=0).stdout
@@ -1998,7 +1997,7 @@ def rpo_rto_status_and_report(cluster):
                      "### Schema validation\n", "### Data integrity\n", "### Backups\n", "### Restore tests\n",
                      "- Last restore probe: ok at ", "### Achieved RPO and RTO\n",
                      "| RPO | ", "(newest verified backup %s) | 4h | met |" % bid, "| RTO | ",
-                     "### Firing alerts\n\nalerting not available in this version\n", "## Storage\n"):
+                     "### Firing alerts\n\nnone\n", "## Storage\n"):
             check(frag in md, "report lacks %r:\n%s" % (frag, md))
         check(d.ctl("report", "--json").returncode == 0, "report --json")
         check(d.ctl("report", "extra").returncode == 2, "report with a bad argument: usage error")
@@ -2134,6 +2133,10 @@ notifiers:
                and a["status"] == "firing"], "alerts while firing: %r" % al)
         out = d.ctl("alerts", check_rc=0).stdout
         check("connectivity_lost" in out and "other" in out and "firing" in out, "alerts table:\n" + out)
+        rep = {x["name"]: x for x in d.ctl_json("report")["databases"]}
+        check([a for a in rep["other"]["alerts"]["firing"] if a["rule"] == "connectivity_lost"],
+              "report alerts: %r" % rep["other"]["alerts"])
+        check("connectivity_lost" in d.ctl("report", check_rc=0).stdout, "Markdown report lacks the alert")
         st = d.ctl_json("status")
         check([a for a in st["alerts"] if a["rule"] == "connectivity_lost"], "status alerts: %r" % st["alerts"])
         check("hook" in st["notifications"] and st["notifications"]["hook"]["failed"] == 0,

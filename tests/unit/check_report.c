@@ -463,8 +463,8 @@ START_TEST(test_report__ready)
 	ck_assert_int_eq(geti(d, "schema", "tables"), 5);
 	ck_assert(json_is_true(get(d, "schema", "tables_ok")));
 	ck_assert_int_eq(json_array_size(get(d, "backups", "newest_verified_per_tier")), 2);
-	ck_assert_str_eq(json_string_value(get(d, "alerts", "note")),
-	                 "alerting not available in this version");
+	ck_assert(json_is_true(get(d, "alerts", "available")));
+	ck_assert_int_eq(json_array_size(get(d, "alerts", "firing")), 0);
 	ck_assert_int_eq(geti(rep, "storage", "full_at"), NOW - 5 * MIN + 60 * DAY);
 	/* other has nothing at all. */
 	d = db_report(rep, "other");
@@ -643,7 +643,7 @@ START_TEST(test_report__markdown_sections)
 	assert_contains(md, "### Achieved RPO and RTO\n");
 	assert_contains(md, "| RPO | 3h12m (newest verified backup D1) | 4h | met |\n");
 	assert_contains(md, "| RTO | 41s (restore probe run ");
-	assert_contains(md, "### Firing alerts\n\nalerting not available in this version\n");
+	assert_contains(md, "### Firing alerts\n\nnone\n");
 	assert_contains(md, "## other: NOT READY\n\n- NOT READY: no verified backup\n");
 	assert_contains(md, "| RPO | no verified backup | not set | - |\n");
 	assert_contains(md, "| RTO | never measured | not set | - |\n");
