@@ -2192,6 +2192,183 @@ def probe_leftover_with_a_session_dropped_at_start(cluster):
         d.cleanup()
 
 
+# ---- parallel restore (probe.c: -j N from a temporary file above 16 MiB of archive) ----
+
+PARALLEL_DB = "probe_big"
+
+
+def parallel_db(cluster):
+    """A database of its own whose archive is about 21 MB (above the 16 MiB threshold): created
+    once in the shared cluster, so the demo database (and the other tests) stay small."""
+    if psql(cluster, "SELECT count(*) FROM pg_database WHERE datname = '%s'" % PARALLEL_DB,
+            db="postgres", user="postgres") == "1":
+        return
+    psql(cluster, "CREATE DATABASE %s OWNER vigil" % PARALLEL_DB, db="postgres", user="postgres")
+    psql(cluster, "CREATE TABLE parent (id int PRIMARY KEY, name text);"
+                  "INSERT INTO parent SELECT g, 'p' || g FROM generate_series(1, 1000) g;"
+                  "CREATE TABLE big (id int PRIMARY KEY, parent int REFERENCES parent, t text);"
+                  "INSERT INTO big SELECT g, 1 + g % 1000, md5(g::text) || md5((g * 7)::text) "
+                  "FROM generate_series(1, 300000) g;"
+                  "CREATE INDEX big_parent ON big (parent);", db=PARALLEL_DB)
+
+
+PARALLEL_JOBS = ("  bkb: { type: backup, database: big, schedule: \"0 0 1 1 *\", keep: 2, timeout: 60s }\n"
+                 "  probeb: { type: restore_probe, database: big, schedule: \"0 0 1 1 *\", timeout: %s }\n")
+
+
+def parallel_config(d, cluster, timeout="60s", jobs_extra="", **kw):
+    extra = """  big:
+    conninfo: "host=127.0.0.1 port=%d dbname=%s user=vigil"
+    password: env:DEMO_PASS
+    critical_tables: [big]
+    restore_target: scratch
+""" % (cluster.port, PARALLEL_DB)
+    return probe_config(d, cluster, PARALLEL_JOBS % timeout + jobs_extra, extra_db=extra, **kw)
+
+
+def tmp_probe_dirs(d):
+    return [x for x in tmp_dirs(storage_dir(d)) if ".tmp-probe-" in x]
+
+
+@test
+def probe_parallel_mode_and_small_streams(cluster):
+    """A big archive is decompressed to a temporary file and restored with -j N (N >= 2 on the
+    2-CPU CI machine), the file is gone afterwards; the small demo database still streams."""
+    probe_prepare(cluster)
+    parallel_db(cluster)
+    d = Daemon()
+    try:
+        d.write_config(parallel_config(d, cluster, jobs_extra=BACKUP_JOB % 2 + PROBE_JOB % ("demo", "60s")))
+        d.start()
+        good_backup(d, "bkb")
+        b = backups_json(d, "big")[0]
+        check(b["archive_size"] >= 16 << 20, "archive too small for the test: %r" % b)
+        r = run_job(d, "probeb")
+        f = figures(r)
+        check(r["result"] == "ok", "probe: %r\nlog tail:\n%s" % (r, d.logtext()[-3000:]))
+        ncpu = os.cpu_count() or 1
+        check(ncpu > 1, "the test needs more than one CPU")
+        check(f["restore_mode"] == "parallel" and f["restore_jobs"] == min(ncpu, 4) and f["restore_jobs"] >= 2,
+              "mode: %r" % f)
+        check(isinstance(f.get("decompress_seconds"), float) and 0 < f["decompress_seconds"] <= f["restore_seconds"],
+              "decompress/restore seconds: %r" % f)
+        check(f["tables"] == 2 and f["rows"] == 301000 and f["mismatches"] == [], "figures: %r" % f)
+        check(f["archive_bytes"] == b["archive_size"], "archive bytes: %r vs %r" % (f, b))
+        check("restore mode=parallel jobs=%d" % f["restore_jobs"] in d.logtext(), "choice not logged")
+        check(tmp_probe_dirs(d) == [], "temporary directory left: %r" % tmp_probe_dirs(d))
+        check(os.listdir(os.path.join(storage_dir(d), "big", "bkb")) == [b["id"]],
+              "job directory: %r" % os.listdir(os.path.join(storage_dir(d), "big", "bkb")))
+        check(probe_dbs(cluster) == [] and in_use(d) == 0, "scratch left: %r" % probe_dbs(cluster))
+        # the demo database is far below the threshold: streamed as before
+        good_backup(d, "bk")
+        r = run_job(d, "probe")
+        f = figures(r)
+        check(r["result"] == "ok", "small probe: %r" % r)
+        check(f["restore_mode"] == "stream" and f["restore_jobs"] == 1 and "decompress_seconds" not in f,
+              "small mode: %r" % f)
+        check("restore mode=stream" in d.logtext() and "archive below 16 MiB" in d.logtext(),
+              "stream choice not logged with its reason")
+        check(tmp_probe_dirs(d) == [] and probe_dbs(cluster) == [], "left behind")
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+
+
+# pg_restore -j: note the temporary file, then fail (or stall while the flag file exists)
+PARALLEL_FAIL_RESTORE = """\
+for a in "$@"; do
+  if [ "$a" = -j ]; then
+    f="${@: -1}"
+    ls -ld "$f" "$(dirname "$f")" >> "$(dirname "$0")/seen"
+    if [ -e "$(dirname "$0")/stall" ]; then echo "stalling $$" >&2; sleep 60; fi
+    sleep 0.5
+    echo "pg_restore: error: failing for the test" >&2
+    exit 1
+  fi
+done
+exec REAL "$@"
+"""
+
+
+@test
+def probe_parallel_failure_timeout_cancel_remove_file(cluster):
+    """pg_restore -j failing, passing the job timeout, and the daemon stopping mid-restore: each
+    time the temporary directory is removed and the scratch database dropped."""
+    probe_prepare(cluster)
+    parallel_db(cluster)
+    d = Daemon()
+    try:
+        pgbin = make_pg_bin(d, pg_restore=PARALLEL_FAIL_RESTORE)
+        seen = os.path.join(pgbin, "seen")
+        d.write_config(parallel_config(d, cluster, daemon_extra="  pg_bin_dir: %s\n" % pgbin))
+        d.start()
+        good_backup(d, "bkb")
+        # 1. pg_restore exits 1
+        r = run_job(d, "probeb")
+        check(r["result"] == "failed" and "exited with status 1" in r["cause"]
+              and "failing for the test" in r["cause"], "probe: %r" % r)
+        lines = open(seen).read().splitlines()
+        files = [x for x in lines if x.endswith("/archive")]
+        dirs = [x for x in lines if not x.endswith("/archive")]
+        check(len(files) == 1 and files[0].startswith("-rw-------") and "/.tmp-probe-pgvigil_probe_big_" in files[0]
+              and len(dirs) == 1 and dirs[0].startswith("drwx------"),
+              "temporary file as pg_restore saw it: %r" % lines)
+        check(figures(r)["restore_mode"] == "parallel" and figures(r)["scratch_dropped"] is True, "figures: %r" % figures(r))
+        check(tmp_probe_dirs(d) == [], "temporary directory left after a failure: %r" % tmp_probe_dirs(d))
+        check(probe_dbs(cluster) == [], "scratch left: %r" % probe_dbs(cluster))
+        # 2. pg_restore stalls past a 3 s job timeout
+        open(os.path.join(pgbin, "stall"), "w").close()
+        d.write_config(parallel_config(d, cluster, timeout="3s", daemon_extra="  pg_bin_dir: %s\n" % pgbin))
+        d.ctl("reload", check_rc=0)
+        r = run_job(d, "probeb", timeout=20)
+        check(r["result"] == "timeout" and "timeout after 3s while restoring" in r["cause"], "probe: %r" % r)
+        check(tmp_probe_dirs(d) == [], "temporary directory left after a timeout: %r" % tmp_probe_dirs(d))
+        check(probe_dbs(cluster) == [], "scratch left: %r" % probe_dbs(cluster))
+        check(pids_of(os.path.join(pgbin, "pg_restore")) == [], "pg_restore left running")
+        # 3. the daemon stops while pg_restore -j runs
+        d.write_config(parallel_config(d, cluster, daemon_extra="  pg_bin_dir: %s\n" % pgbin))
+        d.ctl("reload", check_rc=0)
+        rid = started_run(d, "probeb")
+        wait_for(lambda: tmp_probe_dirs(d) and pids_of(os.path.join(pgbin, "pg_restore")), 10,
+                 "pg_restore -j and its temporary file")
+        check(d.stop() == 0, "exit status")
+        r = run_by_id(d, rid)
+        check(r["result"] == "cancelled" and "cancelled while restoring" in r["cause"], "probe: %r" % r)
+        check(tmp_probe_dirs(d) == [], "temporary directory left after a stop: %r" % tmp_probe_dirs(d))
+        check(probe_dbs(cluster) == [], "scratch left: %r" % probe_dbs(cluster))
+    finally:
+        d.cleanup()
+
+
+@test
+def probe_parallel_corrupt_file_removes_temporary(cluster):
+    """In parallel mode a stored file damaged after verification fails while it is decompressed:
+    pg_restore never runs, the cause names the damage, the temporary directory is removed."""
+    probe_prepare(cluster)
+    parallel_db(cluster)
+    d = Daemon()
+    try:
+        d.write_config(parallel_config(d, cluster))
+        d.start()
+        good_backup(d, "bkb")
+        b = backups_json(d, "big")[0]
+        path = os.path.join(b["dir"], "dump.zst")
+        data = bytearray(open(path, "rb").read())
+        data[len(data) // 2] ^= 0x55
+        with open(path, "wb") as f:
+            f.write(bytes(data))
+        r = run_job(d, "probeb")
+        f = figures(r)
+        check(r["result"] == "failed" and "could not be read" in (r["cause"] or "") and b["id"] in r["cause"],
+              "probe: %r" % r)
+        check(f["restore_mode"] == "parallel", "figures: %r" % f)
+        check(tmp_probe_dirs(d) == [], "temporary directory left: %r" % tmp_probe_dirs(d))
+        check(probe_dbs(cluster) == [] and in_use(d) == 0, "scratch left: %r" % probe_dbs(cluster))
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+
+
 def main():
     only = sys.argv[1:]
     if os.geteuid() != 0:
