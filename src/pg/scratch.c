@@ -343,7 +343,7 @@ append_kv(char **buf, size_t *len, const char *key, const char *val)
 	p = *buf + *len;
 	if (*len > 0)
 		*p++ = ' ';
-	p += sprintf(p, "%s='", key);
+	p += snprintf(p, need - (size_t)(p - *buf), "%s='", key);
 	for (const char *s = val; *s != '\0'; s++) {
 		if (*s == '\'' || *s == '\\')
 			*p++ = '\\';
@@ -557,15 +557,15 @@ rop_send(struct pv_pg_restore_op *op, enum rstep step)
 	case R_CREATE:
 	default: {
 		/* An identifier in double quotes, embedded quotes doubled: any name is safe. */
-		size_t len = 0;
-		sql = pv_malloc(2 * strlen(op->name) + 64);
-		len += (size_t)sprintf(sql, "CREATE DATABASE \"");
+		size_t len = 0, size = 2 * strlen(op->name) + 64;
+		sql = pv_malloc(size);
+		len += (size_t)snprintf(sql, size, "CREATE DATABASE \"");
 		for (const char *s = op->name; *s != '\0'; s++) {
 			if (*s == '"')
 				sql[len++] = '"';
 			sql[len++] = *s;
 		}
-		sprintf(sql + len, "\" TEMPLATE template0");
+		snprintf(sql + len, size - len, "\" TEMPLATE template0");
 		text = sql;
 		break;
 	}

@@ -572,7 +572,7 @@ run_next(struct calc *calc)
 			cap = need * 2;
 			sql = pv_realloc(sql, cap);
 		}
-		len += (size_t)sprintf(sql + len, "%s%s", len > 0 ? " UNION ALL " : "", part);
+		len += (size_t)snprintf(sql + len, cap - len, "%s%s", len > 0 ? " UNION ALL " : "", part);
 		free(part);
 		calc->batch_end++;
 		if (it->hash)
