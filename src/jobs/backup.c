@@ -23,6 +23,7 @@
 #include "jobs/retention.h"
 #include "jobs/verify.h"
 #include "loop/proc.h"
+#include "loop/work.h"
 #include "pg/pg.h"
 #include "state/state.h"
 #include "storage/storage.h"
@@ -67,6 +68,7 @@ struct backup {
 	time_t started;
 	struct stream dump, schema;
 	struct pv_verify_op *verify;
+	struct commit_work *committing; /* manifest + rename in flight on a worker thread */
 	char failure[1024];
 	enum pv_run_result fail_result;
 };
@@ -125,7 +127,7 @@ complete(struct backup *b, enum pv_run_result result)
 static bool
 busy(const struct backup *b)
 {
-	return b->snap != NULL || b->tool != NULL || b->verify != NULL ||
+	return b->snap != NULL || b->tool != NULL || b->verify != NULL || b->committing != NULL ||
 	       (b->dump.proc && !b->dump.proc_done) || (b->dump.writer && !b->dump.writer_done) ||
 	       (b->schema.proc && !b->schema.proc_done) || (b->schema.writer && !b->schema.writer_done);
 }
@@ -463,32 +465,97 @@ on_verified(bool ok, const char *cause, double seconds, void *arg)
 	complete(b, PV_RUN_OK);
 }
 
+/* The manifest write and the rename fsync files and directories: a worker thread does them, so
+ * a slow disk never stalls the event loop. The worker owns this struct until done runs. */
+struct commit_work {
+	struct backup *b;
+	json_t *manifest;
+	char *tmp_dir, *final_dir;
+	time_t finished;
+	double duration;
+	bool ok;
+	struct pv_error err;
+};
+
+static void
+commit_fn(void *arg)
+{
+	struct commit_work *w = arg;
+
+	w->ok = pv_store_manifest_write(w->tmp_dir, w->manifest, &w->err) &&
+	        pv_store_commit(w->tmp_dir, w->final_dir, &w->err);
+}
+
+static void committed(struct backup *b, time_t finished, double duration);
+
+static void
+commit_done(void *arg)
+{
+	struct commit_work *w = arg;
+	struct backup *b = w->b;
+	struct pv_error err;
+
+	b->committing = NULL;
+	json_decref(w->manifest);
+	if (w->ok) {
+		free(b->tmp_dir);
+		b->tmp_dir = NULL; /* committed: nothing temporary left to remove */
+	}
+	if (b->phase == PH_DONE) {
+		/* Failed or cancelled while committing: a stopped run leaves no visible backup. */
+		if (w->ok && !pv_store_remove_backup(b->final_dir, &err))
+			pv_log_error("cannot remove backup of a stopped run path=%s error=%s", b->final_dir,
+			             pv_log_quote(err.msg));
+		free(w->tmp_dir);
+		free(w->final_dir);
+		free(w);
+		if (!busy(b))
+			complete(b, b->fail_result);
+		return;
+	}
+	if (!w->ok) {
+		fail(b, PV_RUN_FAILED, "%s", w->err.msg);
+	} else {
+		committed(b, w->finished, w->duration);
+	}
+	free(w->tmp_dir);
+	free(w->final_dir);
+	free(w);
+}
+
 static void
 commit(struct backup *b)
 {
 	struct pv_job_run *run = b->run;
-	time_t finished = time(NULL);
-	double duration = pv_now_mono() - run->started_mono;
-	struct pv_state_backup cat = {0};
+	struct commit_work *w = pv_calloc(1, sizeof(*w));
 	struct pv_error err;
-	json_t *m;
 
+	w->b = b;
+	w->finished = time(NULL);
+	w->duration = pv_now_mono() - run->started_mono;
 	/* The manifest reads the server version from the snapshot: end it only afterwards. */
-	m = build_manifest(b, finished, duration);
+	w->manifest = build_manifest(b, w->finished, w->duration);
 	pv_pg_snapshot_end(b->snap);
 	b->snap = NULL;
-	if (!pv_store_manifest_write(b->tmp_dir, m, &err)) {
-		json_decref(m);
+	w->tmp_dir = pv_strdup(b->tmp_dir);
+	w->final_dir = pv_strdup(b->final_dir);
+	b->committing = w;
+	if (!pv_work_run(run->base, commit_fn, w, commit_done, &err)) {
+		b->committing = NULL;
+		json_decref(w->manifest);
+		free(w->tmp_dir);
+		free(w->final_dir);
+		free(w);
 		fail(b, PV_RUN_FAILED, "%s", err.msg);
-		return;
 	}
-	json_decref(m);
-	if (!pv_store_commit(b->tmp_dir, b->final_dir, &err)) {
-		fail(b, PV_RUN_FAILED, "%s", err.msg);
-		return;
-	}
-	free(b->tmp_dir);
-	b->tmp_dir = NULL; /* committed: nothing temporary left to remove */
+}
+
+static void
+committed(struct backup *b, time_t finished, double duration)
+{
+	struct pv_job_run *run = b->run;
+	struct pv_state_backup cat = {0};
+	struct pv_error err;
 
 	cat.database = (char *)b->db->name;
 	cat.job = (char *)b->job->name;
