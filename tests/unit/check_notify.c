@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "notify/heartbeat.h"
 #include "notify/http.h"
 #include "notify/notify.h"
 #include "notify/outbox.h"
@@ -1409,6 +1410,86 @@ START_TEST(test_notify__payload_keeps_thread_and_text)
 }
 END_TEST
 
+/* ---- heartbeat ---- */
+
+static bool hb_is_healthy;
+
+static bool
+hb_healthy(void *arg, char *why, size_t size)
+{
+	if (!hb_is_healthy)
+		snprintf(why, size, "test says no");
+	return hb_is_healthy;
+}
+
+static void
+run_for(struct event_base *base, int ms)
+{
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+
+	event_base_loopexit(base, &tv);
+	event_base_dispatch(base);
+}
+
+/* Pings every `every` while healthy, none while not (counted as skipped), the first one at once. */
+START_TEST(test_notify__heartbeat_only_while_healthy)
+{
+	struct event_base *base = event_base_new();
+	struct pv_error err = {0};
+	struct pv_http *http = pv_http_new(base, &err);
+	struct sink sink = {0};
+	struct pv_config_notifier nf = {0};
+	struct pv_heartbeat *hb;
+	char url[128];
+	json_t *st;
+
+	ck_assert_ptr_nonnull(http);
+	sink_start(&sink, base, 0);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/ping/abc", sink.port);
+	nf.name = "deadman";
+	nf.type = PV_NOTIFIER_HEARTBEAT;
+	nf.url.value = url;
+	nf.every = 1;
+	hb_is_healthy = false;
+	hb = pv_heartbeat_new(base, http, hb_healthy, NULL);
+	pv_heartbeat_set_notifiers(hb, &nf, 1);
+	run_for(base, 2300);
+	ck_assert_uint_eq(sink.n_got, 0);
+	st = pv_heartbeat_status_json(hb);
+	ck_assert_int_ge(json_integer_value(json_object_get(json_object_get(st, "deadman"), "skipped")), 3);
+	json_decref(st);
+
+	hb_is_healthy = true;
+	run_for(base, 2300);
+	ck_assert_uint_ge(sink.n_got, 2);
+	ck_assert_uint_le(sink.n_got, 3);
+	ck_assert_str_eq(sink.got[0].path, "/ping/abc");
+	ck_assert_str_eq(sink.got[0].body, "");
+	st = pv_heartbeat_status_json(hb);
+	ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(st, "deadman"), "pings")),
+	                 (json_int_t)sink.n_got);
+	ck_assert_ptr_nonnull(json_string_value(json_object_get(json_object_get(st, "deadman"), "last_ok")));
+	json_decref(st);
+
+	/* The endpoint failing is counted, and the pings go on. */
+	sink.script[0] = (struct reply){503, "down", NULL, false};
+	sink.script[1] = (struct reply){503, "down", NULL, false};
+	sink.n_script = 2;
+	sink.next = 0;
+	run_for(base, 1500);
+	st = pv_heartbeat_status_json(hb);
+	ck_assert_int_ge(json_integer_value(json_object_get(json_object_get(st, "deadman"), "failures")), 1);
+	ck_assert_str_eq(json_string_value(json_object_get(json_object_get(st, "deadman"), "last_error")),
+	                 "HTTP 503");
+	json_decref(st);
+
+	pv_heartbeat_free(hb);
+	sink_stop(&sink);
+	pv_http_free(http);
+	event_base_free(base);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -1441,6 +1522,7 @@ main(void)
 	tcase_add_test(tc, test_notify__hmac_signature_verified_by_sink);
 	tcase_add_test(tc, test_notify__loop_never_blocks);
 	tcase_add_test(tc, test_notify__email_format);
+	tcase_add_test(tc, test_notify__heartbeat_only_while_healthy);
 	tcase_add_test(tc, test_notify__email_classify);
 	tcase_add_test(tc, test_notify__payload_keeps_thread_and_text);
 	suite_add_tcase(s, tc);
