@@ -7,6 +7,7 @@ control socket; the PostgreSQL cluster is shared. Prints one line per test and a
 """
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -2367,6 +2368,75 @@ def probe_parallel_corrupt_file_removes_temporary(cluster):
         check(d.stop() == 0, "exit status")
     finally:
         d.cleanup()
+
+
+# ---- make demo (contrib/demo --batch) ----
+
+DEMO = os.path.join(ROOT, "contrib", "demo")
+DEMO_STEPS = [
+    "1. A throwaway PostgreSQL", "user_notifications   1000 rows   trip_id -> group_trips, user_id -> users",
+    "2. A webhook sink", "3. pgvigild starts", "$ pgvigilctl jobs", "4. Backups on three tiers",
+    "$ pgvigilctl backups", "5. Verify one backup again", "verified demo/daily-backup/", "6. A restore probe",
+    "info event: restore_probe_result demo: restore probe of", "result ok in",
+    "0 mismatches, 0 foreign-key orphans, 2/2 assertions",
+    "7. Outage: PostgreSQL stops", "health: failed: connection to server",
+    "critical FIRING: connectivity_lost on demo", "$ pgvigilctl alerts", "8. Recovery",
+    "critical RESOLVED: resolved: connectivity_lost on demo", "$ pgvigilctl run daily-backup", "$ pgvigilctl status",
+    "9. The disaster-recovery readiness report", "$ pgvigilctl report", "## demo: READY",
+    "demo: the whole story took", "demo: stopped pgvigild, the sink and PostgreSQL",
+]
+
+
+def demo_leftovers(run_dir):
+    return [p for p in pids_of(run_dir) if p != os.getpid()]
+
+
+@test
+def demo_tells_the_whole_story(cluster):
+    """make demo's story, non-interactively: every step appears in the transcript, in order, in under
+    two minutes; then Ctrl-C in the middle of the outage still removes everything."""
+    run_dir = tempfile.mkdtemp(prefix="pgvigil-e2e-demo-")
+    env = dict(os.environ, PGVIGIL_BUILD=BUILD, PGVIGIL_DEMO_DIR=run_dir)
+    try:
+        t0 = time.monotonic()
+        out = subprocess.run([DEMO, "--batch"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             timeout=180, env=env)
+        took = time.monotonic() - t0
+        text = out.stdout + out.stderr
+        print("     the demo took %.1fs" % took, flush=True)
+        check(out.returncode == 0, "demo exited %d:\n%s" % (out.returncode, text[-4000:]))
+        pos = 0
+        for s in DEMO_STEPS:
+            i = text.find(s, pos)
+            check(i >= 0, "demo transcript lacks %r after position %d:\n%s" % (s, pos, text[-6000:]))
+            pos = i + len(s)
+        for tier in ("daily", "weekly", "monthly"):
+            check(re.search(r"Z-%s +%s +[0-9.]+ kB .* ok +ok, encrypted" % (tier, tier), text),
+                  "no verified %s backup in the transcript" % tier)
+        check("BAD SIGNATURE" not in text, "the sink saw a bad signature")
+        check(took < 120, "the demo took %.1fs" % took)
+        check(not os.path.exists(run_dir), "the demo left %s" % run_dir)
+        check(demo_leftovers(run_dir) == [], "processes left: %r" % demo_leftovers(run_dir))
+
+        # Interrupted while PostgreSQL is down: the clean-up still stops and removes everything.
+        p = subprocess.Popen([DEMO], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env=env)
+        lines = []
+        for line in p.stdout:
+            lines.append(line)
+            if "health: failed" in line:
+                break
+        check(os.path.exists(os.path.join(run_dir, "pgvigil.sock")), "no daemon running at the interrupt")
+        p.send_signal(signal.SIGINT)
+        rest, _ = p.communicate(timeout=60)
+        text = "".join(lines) + rest
+        check(p.returncode == 130, "interrupted demo exited %d:\n%s" % (p.returncode, text[-3000:]))
+        check("demo: interrupted" in text and "demo: stopped pgvigild, the sink and PostgreSQL" in text,
+              "clean-up not reported:\n" + text[-3000:])
+        check(not os.path.exists(run_dir), "the interrupted demo left %s" % run_dir)
+        check(demo_leftovers(run_dir) == [], "processes left after Ctrl-C: %r" % demo_leftovers(run_dir))
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def main():
