@@ -79,27 +79,43 @@ demo: all
 deps:
 	contrib/install-deps
 
+# Installed paths; the unit and tmpfiles.d snippet get sbindir and sysconfdir filled in.
+UNITDIR := $(prefix)/lib/systemd/system
+SYSUSERSDIR := $(prefix)/lib/sysusers.d
+TMPFILESDIR := $(prefix)/lib/tmpfiles.d
+COMPLETIONSDIR := $(datadir)/bash-completion/completions
+EXAMPLES := $(wildcard contrib/examples/*.yaml)
+SUBST := sed -e 's|@sbindir@|$(sbindir)|g' -e 's|@sysconfdir@|$(sysconfdir)|g'
+
 install: all
 	install -d $(DESTDIR)$(sbindir) $(DESTDIR)$(bindir) $(DESTDIR)$(sysconfdir)/pgvigil \
 		$(DESTDIR)$(mandir)/man1 $(DESTDIR)$(mandir)/man5 $(DESTDIR)$(mandir)/man8 \
-		$(DESTDIR)$(prefix)/lib/systemd/system $(DESTDIR)$(prefix)/lib/sysusers.d \
-		$(DESTDIR)$(prefix)/lib/tmpfiles.d
+		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) \
+		$(DESTDIR)$(COMPLETIONSDIR) $(DESTDIR)$(docdir)/examples
 	install -m 0755 $(B)/pgvigild $(DESTDIR)$(sbindir)/pgvigild
 	install -m 0755 $(B)/pgvigilctl $(DESTDIR)$(bindir)/pgvigilctl
+	@# Never overwrite a configuration someone may have edited.
 	@if [ ! -e $(DESTDIR)$(sysconfdir)/pgvigil/pgvigil.yaml ]; then \
+		echo "install -m 0640 etc/pgvigil.yaml $(DESTDIR)$(sysconfdir)/pgvigil/pgvigil.yaml"; \
 		install -m 0640 etc/pgvigil.yaml $(DESTDIR)$(sysconfdir)/pgvigil/pgvigil.yaml; \
 	else echo "keeping existing $(DESTDIR)$(sysconfdir)/pgvigil/pgvigil.yaml"; fi
 	for m in $(MANS); do s=$${m##*.}; install -m 0644 $$m $(DESTDIR)$(mandir)/man$$s/; done
-	sed -e 's|@sbindir@|$(sbindir)|g' -e 's|@sysconfdir@|$(sysconfdir)|g' systemd/pgvigil.service \
-		> $(DESTDIR)$(prefix)/lib/systemd/system/pgvigil.service
-	install -m 0644 systemd/pgvigil.sysusers $(DESTDIR)$(prefix)/lib/sysusers.d/pgvigil.conf
-	install -m 0644 systemd/pgvigil.tmpfiles $(DESTDIR)$(prefix)/lib/tmpfiles.d/pgvigil.conf
+	$(SUBST) systemd/pgvigil.service > $(DESTDIR)$(UNITDIR)/pgvigil.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/pgvigil.service
+	install -m 0644 systemd/pgvigil.sysusers $(DESTDIR)$(SYSUSERSDIR)/pgvigil.conf
+	$(SUBST) systemd/pgvigil.tmpfiles > $(DESTDIR)$(TMPFILESDIR)/pgvigil.conf
+	chmod 0644 $(DESTDIR)$(TMPFILESDIR)/pgvigil.conf
+	install -m 0644 contrib/bash-completion/pgvigilctl $(DESTDIR)$(COMPLETIONSDIR)/pgvigilctl
+	install -m 0644 $(EXAMPLES) $(DESTDIR)$(docdir)/examples/
 
+# The configuration stays: it is the administrator's.
 uninstall:
 	rm -f $(DESTDIR)$(sbindir)/pgvigild $(DESTDIR)$(bindir)/pgvigilctl \
-		$(DESTDIR)$(prefix)/lib/systemd/system/pgvigil.service \
-		$(DESTDIR)$(prefix)/lib/sysusers.d/pgvigil.conf $(DESTDIR)$(prefix)/lib/tmpfiles.d/pgvigil.conf
+		$(DESTDIR)$(UNITDIR)/pgvigil.service $(DESTDIR)$(SYSUSERSDIR)/pgvigil.conf \
+		$(DESTDIR)$(TMPFILESDIR)/pgvigil.conf $(DESTDIR)$(COMPLETIONSDIR)/pgvigilctl
 	for m in $(MANS); do s=$${m##*.}; rm -f $(DESTDIR)$(mandir)/man$$s/$${m##*/}; done
+	for e in $(EXAMPLES); do rm -f $(DESTDIR)$(docdir)/examples/$${e##*/}; done
+	-rmdir $(DESTDIR)$(docdir)/examples $(DESTDIR)$(docdir) 2>/dev/null
 
 clean:
 	rm -rf $(B)
@@ -108,3 +124,4 @@ distclean: clean
 	rm -rf config.mk config.log config.status autom4te.cache configure aclocal.m4
 
 -include $(shell find $(B) -name '*.d' 2>/dev/null)
+

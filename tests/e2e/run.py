@@ -198,18 +198,46 @@ HEALTH_FAST = "  health: { type: health, database: demo, every: 1s, timeout: 5s 
 # ---------------------------------------------------------------------------
 
 
+EXAMPLE_CONFIGS = {
+    "etc/pgvigil.yaml": ("PGVIGIL_PRODUCTION_PASSWORD", "PGVIGIL_SLACK_WEBHOOK_URL", "PGVIGIL_SMTP_PASSWORD",
+                         "PGVIGIL_SCRATCH_PASSWORD", "PGVIGIL_HOOK_SECRET", "PGVIGIL_HEARTBEAT_URL"),
+    "contrib/examples/supabase.yaml": ("PGVIGIL_SUPABASE_PASSWORD", "PGVIGIL_SCRATCH_PASSWORD",
+                                       "PGVIGIL_SLACK_WEBHOOK_URL"),
+    "contrib/examples/self-hosted.yaml": ("PGVIGIL_APP_PASSWORD", "PGVIGIL_SLACK_WEBHOOK_URL", "PGVIGIL_HOOK_URL",
+                                          "PGVIGIL_HOOK_SECRET"),
+}
+
+
 @test
 def example_config_checks(cluster):
-    env = dict(os.environ)
-    for k in ("PGVIGIL_PRODUCTION_PASSWORD", "PGVIGIL_SLACK_WEBHOOK_URL", "PGVIGIL_SMTP_PASSWORD",
-              "PGVIGIL_SCRATCH_PASSWORD", "PGVIGIL_HOOK_SECRET", "PGVIGIL_HEARTBEAT_URL"):
-        env[k] = "https://hooks.example.com/example-secret-value"
-    out = subprocess.run([PGVIGILD, "--check-config", "-c", os.path.join(ROOT, "etc", "pgvigil.yaml")],
-                         capture_output=True, text=True, env=env)
-    check(out.returncode == 0, "check-config of etc/pgvigil.yaml exit %d: %s" % (out.returncode, out.stderr))
-    check("example-secret-value" not in out.stdout + out.stderr, "a secret was printed")
-    check("redacted" in out.stdout, "effective config does not show redacted secrets")
-    check("daily-backup" in out.stdout, "effective config lacks the jobs")
+    for name, secrets in EXAMPLE_CONFIGS.items():
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PGVIGIL_")}
+        path = os.path.join(ROOT, name)
+        # each secret the example names is required: without it the check fails and says which
+        out = subprocess.run([PGVIGILD, "--check-config", "-c", path], capture_output=True, text=True, env=env)
+        check(out.returncode == 1 and secrets[0] in out.stderr, "%s without its secrets: %d %s" % (
+            name, out.returncode, out.stderr))
+        for k in secrets:
+            env[k] = "https://hooks.example.com/example-secret-value"
+        out = subprocess.run([PGVIGILD, "--check-config", "-c", path], capture_output=True, text=True, env=env)
+        check(out.returncode == 0, "check-config of %s exit %d: %s" % (name, out.returncode, out.stderr))
+        check("configuration is valid" in out.stderr, "%s: %s" % (name, out.stderr))
+        # (etc/pgvigil.yaml warns on purpose: its comments explain the 4h RPO a daily backup misses)
+        check(name.startswith("etc/") or "warning" not in out.stderr, "%s: warnings: %s" % (name, out.stderr))
+        check("example-secret-value" not in out.stdout + out.stderr, "%s: a secret was printed" % name)
+        check("redacted" in out.stdout, "%s: effective config does not show redacted secrets" % name)
+        check("restore-test" in out.stdout or "daily-backup" in out.stdout, "%s: effective config lacks the jobs" % name)
+    out = subprocess.run([PGVIGILD, "--check-config", "-c", os.path.join(ROOT, "contrib/examples/supabase.yaml")],
+                         capture_output=True, text=True, env=dict(os.environ, PGVIGIL_SUPABASE_PASSWORD="x",
+                                                                   PGVIGIL_SCRATCH_PASSWORD="x",
+                                                                   PGVIGIL_SLACK_WEBHOOK_URL="https://x.example/"))
+    check("port=5432" in out.stdout and "6543" not in out.stdout.split("databases:")[1].split("jobs:")[0],
+          "the Supabase example must use a session-mode port")
+    for schema in ("realtime", "vault", "pgsodium"):
+        check(re.search(r"exclude_schemas: \[[^]]*\b%s\b" % schema, out.stdout), "supabase excludes " + schema)
+    for schema in ("auth", "storage", "extensions", "public"):
+        check(not re.search(r"exclude_schemas: \[[^]]*\b%s\b" % schema, out.stdout),
+              "the Supabase example must keep " + schema)
 
 
 @test
@@ -661,19 +689,35 @@ def state_problems_refuse_start(cluster):
 def install_layout(cluster):
     dest = tempfile.mkdtemp(prefix="pgvigil-e2e-install-")
     try:
-        out = subprocess.run(["make", "-s", "-C", ROOT, "install", "DESTDIR=" + dest], capture_output=True,
-                             text=True, timeout=300)
-        check(out.returncode == 0, "make install: " + out.stderr)
+        def install(*extra):
+            out = subprocess.run(["make", "-s", "-C", ROOT, "install", "DESTDIR=" + dest] + list(extra),
+                                 capture_output=True, text=True, timeout=300)
+            check(out.returncode == 0, "make install: " + out.stderr)
+            return out.stdout
+        install()
         files = {os.path.relpath(os.path.join(p, f), dest) for p, _, fs in os.walk(dest) for f in fs}
         for want in ("sbin/pgvigild", "bin/pgvigilctl", "etc/pgvigil/pgvigil.yaml", "lib/systemd/system/pgvigil.service",
                      "lib/sysusers.d/pgvigil.conf", "lib/tmpfiles.d/pgvigil.conf", "share/man/man8/pgvigild.8",
-                     "share/man/man1/pgvigilctl.1"):
+                     "share/man/man1/pgvigilctl.1", "share/man/man5/pgvigil.yaml.5", "share/man/man5/pgvigil-backup.5",
+                     "share/bash-completion/completions/pgvigilctl", "share/doc/pgvigil/examples/supabase.yaml",
+                     "share/doc/pgvigil/examples/self-hosted.yaml"):
             check(any(f.endswith(want) for f in files), "not installed: %s (have %s)" % (want, sorted(files)))
-        unit = [f for f in files if f.endswith("pgvigil.service")][0]
-        text = open(os.path.join(dest, unit)).read()
+        path = lambda suffix: os.path.join(dest, [f for f in files if f.endswith(suffix)][0])
+        check(os.stat(path("sbin/pgvigild")).st_mode & 0o777 == 0o755, "pgvigild mode")
+        check(os.stat(path("etc/pgvigil/pgvigil.yaml")).st_mode & 0o777 == 0o640, "config mode")
+        for f in ("pgvigil.service", "tmpfiles.d/pgvigil.conf", "completions/pgvigilctl", "man5/pgvigil.yaml.5"):
+            check(os.stat(path(f)).st_mode & 0o777 == 0o644, "%s mode %o" % (f, os.stat(path(f)).st_mode))
+        tmpfiles = open(path("tmpfiles.d/pgvigil.conf")).read()
+        check("@sysconfdir@" not in tmpfiles and "/etc/pgvigil 0750 root pgvigil" in tmpfiles, "tmpfiles: " + tmpfiles)
+        check(open(path("completions/pgvigilctl")).read() == open(COMPLETION).read(), "completion differs")
+        unit = path("pgvigil.service")
+        text = open(unit).read()
         check("@sbindir@" not in text and "@sysconfdir@" not in text, "unit placeholders not filled")
         for key in ("Type=notify", "WatchdogSec=", "User=pgvigil", "StateDirectory=pgvigil",
-                    "RuntimeDirectoryMode=0750", "ConfigurationDirectory=pgvigil", "ExecReload="):
+                    "RuntimeDirectoryMode=0750", "ConfigurationDirectory=pgvigil", "ExecReload=",
+                    "ProtectSystem=strict", "PrivateTmp=yes", "ProtectHome=yes", "NoNewPrivileges=yes",
+                    "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\n", "SystemCallFilter=@system-service",
+                    "CapabilityBoundingSet=\n", "MemoryDenyWriteExecute=yes", "UMask=0077"):
             check(key in text, "unit lacks " + key)
         if shutil.which("systemd-analyze"):
             local = os.path.join(dest, "check.service")
@@ -682,8 +726,91 @@ def install_layout(cluster):
                         .replace(text.split("ExecStart=")[1].split()[0], PGVIGILD) + "\n")
             out = subprocess.run(["systemd-analyze", "verify", local], capture_output=True, text=True)
             check(out.returncode == 0, "systemd-analyze verify: " + out.stderr)
+            out = subprocess.run(["systemd-analyze", "security", "--offline=true", local], capture_output=True,
+                                 text=True)
+            score = re.search(r"Overall exposure level for check.service: ([0-9.]+)", out.stdout)
+            if score:
+                print("     systemd-analyze security: exposure %s" % score.group(1), flush=True)
+                check(float(score.group(1)) <= 1.5, "the sandbox got weaker: exposure " + score.group(1))
+
+        # An existing configuration is never overwritten; everything else is.
+        conf = path("etc/pgvigil/pgvigil.yaml")
+        with open(conf, "w") as f:
+            f.write("# edited by the administrator\n")
+        out = install()
+        check(open(conf).read() == "# edited by the administrator\n", "make install overwrote the configuration")
+        check("keeping existing" in out, "no notice about the kept configuration: " + out)
+
+        # prefix is honoured at install time too
+        out = install("prefix=/opt/pgv")
+        for want in ("opt/pgv/sbin/pgvigild", "opt/pgv/bin/pgvigilctl", "opt/pgv/etc/pgvigil/pgvigil.yaml",
+                     "opt/pgv/share/bash-completion/completions/pgvigilctl", "opt/pgv/lib/systemd/system/pgvigil.service"):
+            check(os.path.exists(os.path.join(dest, want)), "prefix=/opt/pgv: %s not installed" % want)
+        text = open(os.path.join(dest, "opt/pgv/lib/systemd/system/pgvigil.service")).read()
+        check("ExecStart=/opt/pgv/sbin/pgvigild --foreground -c /opt/pgv/etc/pgvigil/pgvigil.yaml" in text,
+              "unit paths under prefix=/opt/pgv")
+
+        # uninstall removes what install put there, except the configuration
+        out = subprocess.run(["make", "-s", "-C", ROOT, "uninstall", "DESTDIR=" + dest, "prefix=/opt/pgv"],
+                             capture_output=True, text=True, timeout=120)
+        check(out.returncode == 0, "make uninstall: " + out.stderr)
+        left = sorted(os.path.relpath(os.path.join(p, f), dest) for p, _, fs in os.walk(os.path.join(dest, "opt"))
+                      for f in fs)
+        check(left == ["opt/pgv/etc/pgvigil/pgvigil.yaml"], "left after uninstall: %r" % left)
     finally:
         shutil.rmtree(dest, ignore_errors=True)
+
+COMPLETION = os.path.join(ROOT, "contrib", "bash-completion", "pgvigilctl")
+
+
+def complete(*words, env=None):
+    """What bash completes for the last of words (the word under the cursor) on a pgvigilctl line."""
+    script = ('source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); _pgvigilctl; '
+              'printf "%s\\n" "${COMPREPLY[@]}"')
+    out = subprocess.run(["bash", "-c", script, "complete", COMPLETION, PGVIGILCTL] + list(words),
+                         capture_output=True, text=True, timeout=20, env=env)
+    check(out.returncode == 0, "completion of %r: %s" % (words, out.stderr))
+    return sorted(x for x in out.stdout.split("\n") if x)
+
+
+@test
+def bash_completion(cluster):
+    d = Daemon()
+    try:
+        d.write_config(base_config(d, cluster, HEALTH_FAST + "  health-slow: { type: health, database: demo, every: 1h }\n"))
+        d.start()
+        check(complete("") == sorted("status jobs run backups verify restore alerts silence maintenance report "
+                                     "reload prune schedule decrypt verify-file".split()), "commands: %r" % complete(""))
+        check(complete("re") == ["reload", "report", "restore"], "re: %r" % complete("re"))
+        check(complete("--j") == ["--json"] and "--socket" in complete("-"), "options: %r" % complete("-"))
+        # names from the daemon, on the socket given on the line or in PGVIGIL_SOCKET
+        check(complete("-s", d.socket, "run", "") == ["health", "health-slow"], "jobs: %r" % complete("-s", d.socket, "run", ""))
+        check(complete("--json", "--socket", d.socket, "run", "health-") == ["health-slow"], "job prefix")
+        check(complete("run", "", env=dict(os.environ, PGVIGIL_SOCKET=d.socket)) == ["health", "health-slow"],
+              "jobs through PGVIGIL_SOCKET")
+        check(complete("-s", d.socket, "backups", "") == ["demo"], "databases: %r" % complete("-s", d.socket, "backups", ""))
+        check(complete("-s", d.socket, "restore", "latest", "--database", "") == ["demo"], "restore --database")
+        check(complete("-s", d.socket, "restore", "l") == ["latest"], "restore latest")
+        check(complete("restore", "latest", "--") == ["--database", "--force", "--to"], "restore options")
+        check(complete("silence", "") == ["add", "list", "remove"], "silence")
+        check(complete("silence", "add", "connectivity_") == ["connectivity_lost"], "silence rules")
+        check(complete("silence", "add", "backup_stale", "--") == ["--comment", "--for"], "silence options")
+        check(complete("maintenance", "") == ["off", "on"] and complete("maintenance", "on", "--f") == ["--for"],
+              "maintenance")
+        check(complete("prune", "--") == ["--dry-run"] and complete("report", "--") == ["--json"], "prune/report")
+        check(complete("alerts", "h") == ["history"], "alerts history")
+        check(complete("schedule", "* * * * *", "--") == ["--count", "--from", "--tz"], "schedule options")
+        check(complete("schedule", "* * * * *", "--tz", "Europe/Par") == ["Europe/Paris"],
+              "zones: %r" % complete("schedule", "* * * * *", "--tz", "Europe/Par"))
+        check(complete("decrypt", "x", "--k") == ["--key-file"], "decrypt options")
+        check(complete("verify-file", os.path.join(d.dir, "sta")) == [d.state_dir], "verify-file directories")
+        # no daemon: nothing offered, quickly
+        t0 = time.monotonic()
+        check(complete("-s", os.path.join(d.dir, "nothing.sock"), "run", "") == [], "jobs without a daemon")
+        check(time.monotonic() - t0 < 5, "completion without a daemon took %.1fs" % (time.monotonic() - t0))
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
 
 
 @test
