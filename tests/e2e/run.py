@@ -760,6 +760,51 @@ def install_layout(cluster):
     finally:
         shutil.rmtree(dest, ignore_errors=True)
 
+
+@test
+def dist_tarball(cluster):
+    """make dist: the tarball holds every tracked file and a pre-generated configure; unpacked, it
+    configures, builds without autoconf and passes the unit tests. (make distcheck runs the whole
+    make check from the tarball; this is the cheaper variant.)"""
+    if subprocess.run(["git", "-C", ROOT, "rev-parse", "--is-inside-work-tree"], capture_output=True).returncode != 0:
+        print("     skipped: not a git checkout (as when make check runs from the tarball itself)", flush=True)
+        return
+    work = tempfile.mkdtemp(prefix="pgvigil-e2e-dist-")
+    os.chmod(work, 0o755)
+    try:
+        t0 = time.monotonic()
+        out = subprocess.run(["make", "-s", "-C", ROOT, "dist", "DIST_DEST=" + work], capture_output=True, text=True,
+                             timeout=300)
+        check(out.returncode == 0, "make dist: " + out.stderr)
+        tars = [f for f in os.listdir(work) if f.endswith(".tar.gz")]
+        check(len(tars) == 1 and re.match(r"^pgvigil-[0-9]+\.[0-9]+\.[0-9]+\.tar\.gz$", tars[0]), "tarball: %r" % tars)
+        tarball = os.path.join(work, tars[0])
+        top = tars[0][:-len(".tar.gz")]
+        listing = subprocess.run(["tar", "tzf", tarball], capture_output=True, text=True, check=True).stdout.split()
+        members = {m[len(top) + 1:] for m in listing if not m.endswith("/")}
+        check(all(m.startswith(top + "/") for m in listing), "members outside %s/" % top)
+        tracked = {f for f in subprocess.run(["git", "-C", ROOT, "ls-files"], capture_output=True, text=True,
+                                             check=True).stdout.split("\n") if f and os.path.exists(os.path.join(ROOT, f))}
+        check(tracked - members == set(), "tracked files missing from the tarball: %r" % sorted(tracked - members))
+        check(members - tracked == {"configure"}, "unexpected files in the tarball: %r" % sorted(members - tracked - {"configure"}))
+        print("     %s: %d bytes, %d files" % (tars[0], os.path.getsize(tarball), len(members)), flush=True)
+
+        subprocess.run(["tar", "-C", work, "-xzf", tarball], check=True)
+        src = os.path.join(work, top)
+        out = subprocess.run(["./configure"], cwd=src, capture_output=True, text=True, timeout=300)
+        check(out.returncode == 0, "configure from the tarball: " + out.stderr[-2000:])
+        out = subprocess.run(["make", "-j2", "all", "unit-check"], cwd=src, capture_output=True, text=True, timeout=900)
+        text = out.stdout + out.stderr
+        check(out.returncode == 0, "build and unit tests from the tarball:\n" + text[-4000:])
+        check("autoreconf" not in text, "building from the tarball ran autoreconf")
+        m = re.search(r"^([0-9]+) passed, ([0-9]+) failed$", out.stdout, re.M)
+        check(m and int(m.group(1)) > 100 and m.group(2) == "0", "unit tests from the tarball: %r" % out.stdout[-500:])
+        print("     built and ran %s unit tests from the tarball in %.0fs" % (m.group(1), time.monotonic() - t0),
+              flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 COMPLETION = os.path.join(ROOT, "contrib", "bash-completion", "pgvigilctl")
 
 
