@@ -795,7 +795,8 @@ def dist_tarball(cluster):
         check(out.returncode == 0, "configure from the tarball: " + out.stderr[-2000:])
         out = subprocess.run(["make", "-j2", "all", "unit-check"], cwd=src, capture_output=True, text=True, timeout=900)
         text = out.stdout + out.stderr
-        check(out.returncode == 0, "build and unit tests from the tarball:\n" + text[-4000:])
+        failures = "\n".join(l for l in text.splitlines() if re.search(r":[FE]:|^failed:|Running suite|could not|pgtmp|FATAL|error", l))
+        check(out.returncode == 0, "build and unit tests from the tarball:\n%s\n...\n%s" % (failures, text[-1500:]))
         check("autoreconf" not in text, "building from the tarball ran autoreconf")
         m = re.search(r"^([0-9]+) passed, ([0-9]+) failed$", out.stdout, re.M)
         check(m and int(m.group(1)) > 100 and m.group(2) == "0", "unit tests from the tarball: %r" % out.stdout[-500:])
