@@ -792,9 +792,9 @@ def sighup_storm(ctx):
         drainer.join()
         reloads = d.notes.count("READY=1") - 1
         check(d.stop() == 0, "exit status")
-        return ("101 SIGHUPs in %.2fs: %d reloads applied (signals coalesce), backup ok, health max gap %ds, "
-                "final config in force; RSS %d->%d kB%s, fds %d->%d" % (storm, reloads, max(gaps),
-                                                                      rss0, rss1, SAN_NOTE, fds0, fds1))
+        return ("101 SIGHUPs in %.2fs: %d reloads ran (SIGHUPs during a reload coalesce), backup ok, health max "
+                "gap %ds, final config in force; RSS %d->%d kB%s, fds %d->%d"
+                % (storm, reloads, max(gaps), rss0, rss1, SAN_NOTE, fds0, fds1))
     finally:
         stop.set()
         d.cleanup()
