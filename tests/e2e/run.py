@@ -96,10 +96,12 @@ class Daemon:
         env.update(self.env_extra)
         env.update(extra_env or {})
         self.log = open(self.log_path, "ab")
+        self.read_notes()
+        since = len(self.notes)  # a restart must not match the previous start's READY=1
         self.proc = subprocess.Popen([PGVIGILD, "--foreground", "-c", self.config], stdout=self.log,
                                      stderr=self.log, env=env)
         if wait_ready:
-            self.wait_note("READY=1", 10)
+            self.wait_note("READY=1", 10, since=since)
         return self
 
     def read_notes(self):

@@ -400,6 +400,8 @@ def security_control_connection_caps(cluster):
         ans = ask(p, "extra")
         check('"busy"' in ans, "9th connection of one uid: %r" % ans)
         check("control connection refused uid=65534 reason=too-many-connections" in d.logtext(), "refusal not logged")
+        out = d.ctl("status", user="nobody", check_rc=1)
+        check("too many" in out.stderr, "pgvigilctl refused as busy says: %r" % out.stderr)
         d.ctl("status", check_rc=0)
         check(ask(p, "drop") == "dropped", "drop")
         # the daemon notices the close on its next loop turn
