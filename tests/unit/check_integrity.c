@@ -2,6 +2,7 @@
  * health job's figures, against a throwaway PostgreSQL. */
 #include <arpa/inet.h>
 #include <check.h>
+#include <sys/wait.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -702,6 +703,22 @@ load_fixture(void)
 	return ok;
 }
 
+/* A TCP port on 127.0.0.1 that nothing listens on now (bound to 0, read, closed). */
+static int
+fixture_port(void)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t sl = sizeof(sa);
+	int fd = socket(AF_INET, SOCK_STREAM, 0), port = 0;
+
+	if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+	    getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
+		port = ntohs(sa.sin_port);
+	if (fd >= 0)
+		close(fd);
+	return port > 0 ? port : 54000 + getpid() % 1000;
+}
+
 int
 main(void)
 {
@@ -710,6 +727,7 @@ main(void)
 	SRunner *sr;
 	int failed;
 	char *args;
+	int rc;
 	char tmpl[] = "/tmp/pgvigil-check-integrity-XXXXXX";
 
 	if (mkdtemp(tmpl) == NULL) {
@@ -718,9 +736,16 @@ main(void)
 	}
 	pv_strlcpy(pg_dir, tmpl, sizeof(pg_dir));
 	snprintf(pg_sock, sizeof(pg_sock), "%s/sock", pg_dir);
-	pg_port = 56000 + getpid() % 1000;
-	args = pv_asprintf("start %s %d", pg_dir, pg_port);
-	if (pgtmp(args) != 0) {
+	/* A port the kernel says is free; another start takes it first now and then: try another. */
+	for (int attempt = 0;; attempt++) {
+		pg_port = fixture_port();
+		args = pv_asprintf("start %s %d", pg_dir, pg_port);
+		rc = pgtmp(args);
+		if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 75 || attempt == 4)
+			break;
+		free(args);
+	}
+	if (rc != 0) {
 		fprintf(stderr,
 		        "check_integrity: could not start a throwaway PostgreSQL (tests/lib/pgtmp %s)\n",
 		        args);
