@@ -625,6 +625,10 @@ pv_metrics_render(const struct pv_metrics_view *v, struct pv_metrics_runs *runs,
 	family(&o, "pgvigil_jobs_running", "gauge", "Job runs in progress.");
 	sample(&o, "pgvigil_jobs_running", NULL, v->running);
 
+	family(&o, "pgvigil_database_info", "gauge",
+	       "Always 1, one per configured database (for joins and dashboard variables).");
+	for (size_t i = 0; i < ndb; i++)
+		sample(&o, "pgvigil_database_info", LABELS("database", dbs[i].name), 1);
 	EACH_DB(up,
 	        "1 when the newest health check connected to the database, 0 when it could not; absent "
 	        "before "

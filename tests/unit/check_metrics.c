@@ -411,6 +411,8 @@ START_TEST(test_metrics__empty_state_has_every_family)
 	/* Objectives are configuration: known from the start. */
 	ck_value(text, "pgvigil_rpo_objective_seconds{database=\"prod\"}", 4 * HOUR);
 	ck_value(text, "pgvigil_rto_objective_seconds{database=\"prod\"}", HOUR);
+	ck_value(text, "pgvigil_database_info{database=\"prod\"}", 1);
+	ck_value(text, "pgvigil_database_info{database=\"other\"}", 1);
 	ck_absent(text, "pgvigil_rpo_objective_seconds{database=\"other\"}");
 	/* Every severity, every job and result, every notifier: present at 0. */
 	ck_value(text, "pgvigil_alerts_firing{severity=\"critical\"}", 0);
