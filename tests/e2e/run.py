@@ -2671,6 +2671,36 @@ def metrics_bind_conflict_refuses_start(cluster):
         d.cleanup()
 
 
+@test
+def contrib_dashboard_and_rules_match_exported_metrics(cluster):
+    """contrib/grafana/pgvigil.json and contrib/prometheus/pgvigil-rules.yml parse, and every
+    expression in them names only families a real scrape has (tests/contrib_check.py; with promtool
+    on PATH also promtool check rules and the rules' unit tests)."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import contrib_check
+    d = Daemon()
+    try:
+        port = free_port()
+        d.write_config(base_config(d, cluster, HEALTH_FAST + STORAGE_JOB,
+                                   daemon_extra="  metrics_listen: 127.0.0.1:%d\n" % port))
+        d.start()
+        _, body = scrape(port)
+        families = {line.split()[2] for line in body.splitlines() if line.startswith("# TYPE ")}
+        check(families == contrib_check.names_from_source(),
+              "src/metrics/metrics.c and the scrape disagree: %r" % (families ^ contrib_check.names_from_source()))
+        problems, notes = contrib_check.check_all(families)
+        for n in notes:
+            print("     " + n, flush=True)
+        check(not problems, "contrib files:\n" + "\n".join(problems))
+        # the checker itself can fail
+        bad = []
+        contrib_check.check_expr("probe", 'rate(pgvigil_no_such_total{databse="x"}[5m])', families, set(), bad)
+        check(len(bad) == 2, "checker missed an unknown metric or label: %r" % bad)
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+
+
 def main():
     only = sys.argv[1:]
     if os.geteuid() != 0:
