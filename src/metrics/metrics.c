@@ -32,6 +32,9 @@
 #define HTTP_TIMEOUT_SEC 10
 #define HTTP_MAX_HEADERS 8192
 #define HTTP_MAX_BODY    4096
+/* The run history is first counted in steps of this many runs, one step per loop turn (about 10 ms
+ * each), so a long history (a year of one-minute health checks is 525,000 runs) never holds up jobs. */
+#define PRIME_ROWS 10000
 /* Beyond this the storage forecast means "not in any relevant future" (as in the report). */
 #define FORECAST_MAX_DAYS 1e5
 
@@ -258,7 +261,7 @@ runs_collect(struct out *o, struct pv_state *st, struct pv_metrics_runs *settled
 
 	now->settled = settled;
 	memset(&now->fresh, 0, sizeof(now->fresh));
-	if (!pv_state_runs_tally(st, settled->settled_id, &upto, &v, &n, &err)) {
+	if (!pv_state_runs_tally(st, settled->settled_id, 0, &upto, &v, &n, &err)) {
 		read_failed(o, "run counts", &err);
 		return;
 	}
@@ -752,7 +755,47 @@ struct pv_metrics {
 	pv_metrics_view_fn view;
 	void *arg;
 	struct pv_metrics_runs *runs;
+	struct event *prime_ev; /* counts the run history in steps before the first scrape needs it */
+	bool primed;
 };
+
+/* One step of counting the settled run history; true while there is more. */
+static bool
+runs_prime_step(struct pv_metrics_runs *runs, struct pv_state *st)
+{
+	struct pv_state_run_tally *v = NULL;
+	struct pv_error err;
+	int64_t from = runs->settled_id, upto;
+	size_t n = 0;
+
+	if (!pv_state_runs_tally(st, from, PRIME_ROWS, &upto, &v, &n, &err)) {
+		pv_log_warn("metrics: cannot count runs error=%s", pv_log_quote(err.msg));
+		return false;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (v[i].settled)
+			tally_add(runs, &v[i]);
+	runs->settled_id = upto;
+	pv_state_run_tallies_free(v, n);
+	/* A shorter step reached the newest run or one still running: scrapes read on from there. */
+	return upto - from == PRIME_ROWS;
+}
+
+static void
+prime_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pv_metrics *m = arg;
+	struct pv_metrics_view view = {0};
+	struct timeval now = {0, 0};
+
+	m->view(m->arg, &view);
+	if (runs_prime_step(m->runs, view.state)) {
+		event_add(m->prime_ev, &now);
+		return;
+	}
+	m->primed = true;
+	pv_log_debug("metrics: run history counted up to run=%lld", (long long)m->runs->settled_id);
+}
 
 static double
 mono_now(void)
@@ -977,6 +1020,7 @@ pv_metrics_new(struct event_base *base, const char *listen, pv_metrics_view_fn v
 	m->view = view;
 	m->arg = arg;
 	m->runs = pv_metrics_runs_new();
+	m->prime_ev = evtimer_new(base, prime_cb, m);
 	if (listen != NULL && !pv_metrics_listen(m, listen, err)) {
 		pv_metrics_free(m);
 		return NULL;
@@ -1030,6 +1074,10 @@ pv_metrics_listen(struct pv_metrics *m, const char *listen, struct pv_error *err
 	free(m->address);
 	m->address = pv_strdup(listen);
 	pv_log_notice("metrics endpoint listening address=%s path=/metrics", listen);
+	if (!m->primed && !event_pending(m->prime_ev, EV_TIMEOUT, NULL)) {
+		struct timeval now = {0, 0};
+		event_add(m->prime_ev, &now);
+	}
 	return true;
 }
 
@@ -1046,6 +1094,8 @@ pv_metrics_free(struct pv_metrics *m)
 		return;
 	if (m->http != NULL)
 		evhttp_free(m->http);
+	if (m->prime_ev != NULL)
+		event_free(m->prime_ev);
 	pv_metrics_runs_free(m->runs);
 	free(m->address);
 	free(m);

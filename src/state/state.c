@@ -197,11 +197,12 @@ static const char *const stmt_sql[STMT_COUNT] = {
         [STMT_RUNS_COUNT_JOB] = "SELECT count(*) FROM runs WHERE job = ?1 AND (?2 IS NULL OR result = ?2)",
         [STMT_RUNS_COUNT_ALL] = "SELECT count(*) FROM runs WHERE ?1 IS NULL OR result = ?1",
         /* Both walk the rowid range after ?1 only: the tally reads what changed since it was last asked. */
-        [STMT_RUNS_SETTLED] = "SELECT coalesce((SELECT id - 1 FROM runs WHERE id > ?1 AND result IS NULL "
-                              "ORDER BY id LIMIT 1), (SELECT max(id) FROM runs WHERE id > ?1), ?1)",
-        [STMT_RUNS_TALLY] =
-                "SELECT job, \"database\", result, count(*), max(finished), id <= ?2 FROM runs "
-                "WHERE id > ?1 AND result IS NOT NULL GROUP BY job, \"database\", result, id <= ?2",
+        [STMT_RUNS_SETTLED] =
+                "SELECT coalesce((SELECT id - 1 FROM runs WHERE id > ?1 AND id <= ?2 AND result IS NULL "
+                "ORDER BY id LIMIT 1), (SELECT max(id) FROM runs WHERE id > ?1 AND id <= ?2), ?1)",
+        [STMT_RUNS_TALLY] = "SELECT job, \"database\", result, count(*), max(finished), id <= ?2 FROM runs "
+                            "WHERE id > ?1 AND id <= ?3 AND result IS NOT NULL "
+                            "GROUP BY job, \"database\", result, id <= ?2",
         [STMT_SCHED_GET] = "SELECT last_slot FROM sched WHERE job = ?1",
         [STMT_SCHED_SET] = "INSERT INTO sched (job, last_slot) VALUES (?1, ?2) "
                            "ON CONFLICT (job) DO UPDATE SET last_slot = excluded.last_slot",
@@ -854,9 +855,10 @@ pv_state_runs_count(struct pv_state *st, const char *job, const char *result, in
 }
 
 bool
-pv_state_runs_tally(struct pv_state *st, int64_t after_id, int64_t *settled_id,
+pv_state_runs_tally(struct pv_state *st, int64_t after_id, int64_t max_rows, int64_t *settled_id,
                     struct pv_state_run_tally **out, size_t *n, struct pv_error *err)
 {
+	int64_t upto = max_rows > 0 && after_id < INT64_MAX - max_rows ? after_id + max_rows : INT64_MAX;
 	const char *doing = "counting runs by result";
 	struct pv_state_run_tally *v = NULL;
 	size_t count = 0, cap = 0;
@@ -872,6 +874,7 @@ pv_state_runs_tally(struct pv_state *st, int64_t after_id, int64_t *settled_id,
 	if (s == NULL)
 		return false;
 	bind_int64(s, 1, after_id, &rc);
+	bind_int64(s, 2, upto, &rc);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_step(s);
 	if (rc != SQLITE_ROW)
@@ -885,6 +888,7 @@ pv_state_runs_tally(struct pv_state *st, int64_t after_id, int64_t *settled_id,
 	rc = SQLITE_OK;
 	bind_int64(s, 1, after_id, &rc);
 	bind_int64(s, 2, settled, &rc);
+	bind_int64(s, 3, upto, &rc);
 	while (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
 		struct pv_state_run_tally *t;
 		if (count == cap) {

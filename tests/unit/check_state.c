@@ -414,7 +414,7 @@ START_TEST(test_state__runs_tally_settles_behind_running)
 	size_t n;
 
 	/* Empty: nothing counted, nothing settled beyond where we started. */
-	ck_assert(pv_state_runs_tally(st, 0, &settled, &v, &n, &err));
+	ck_assert(pv_state_runs_tally(st, 0, 0, &settled, &v, &n, &err));
 	ck_assert_uint_eq(n, 0);
 	ck_assert_ptr_null(v);
 	ck_assert_int_eq(settled, 0);
@@ -431,7 +431,7 @@ START_TEST(test_state__runs_tally_settles_behind_running)
 	ck_assert(pv_state_run_end(st, ids[4], 321, 1, "ok", NULL, NULL, &err));
 	/* ids[2] ("long") and ids[5] are still running. */
 
-	ck_assert(pv_state_runs_tally(st, 0, &settled, &v, &n, &err));
+	ck_assert(pv_state_runs_tally(st, 0, 0, &settled, &v, &n, &err));
 	ck_assert_int_eq(settled, ids[1]);
 	t = tally_find(v, n, "bk", "prod", "ok", true);
 	ck_assert_ptr_nonnull(t);
@@ -450,7 +450,7 @@ START_TEST(test_state__runs_tally_settles_behind_running)
 
 	/* Asked again from the settled id: only what came after is read. */
 	ck_assert(pv_state_run_end(st, ids[2], 400, 100, "timeout", "too slow", NULL, &err));
-	ck_assert(pv_state_runs_tally(st, settled, &settled, &v, &n, &err));
+	ck_assert(pv_state_runs_tally(st, settled, 0, &settled, &v, &n, &err));
 	ck_assert_int_eq(settled, ids[4]);
 	ck_assert_ptr_null(tally_find(v, n, "bk", "prod", "ok", true));
 	ck_assert_ptr_nonnull(tally_find(v, n, "long", "prod", "timeout", true));
@@ -461,27 +461,63 @@ START_TEST(test_state__runs_tally_settles_behind_running)
 
 	/* Everything ended: settled reaches the newest id, and a further ask finds nothing new. */
 	ck_assert(pv_state_run_end(st, ids[5], 331, 1, "ok", NULL, NULL, &err));
-	ck_assert(pv_state_runs_tally(st, settled, &settled, &v, &n, &err));
+	ck_assert(pv_state_runs_tally(st, settled, 0, &settled, &v, &n, &err));
 	ck_assert_int_eq(settled, ids[5]);
 	ck_assert_uint_eq(n, 1);
 	ck_assert_ptr_nonnull(tally_find(v, n, "hc", "prod", "ok", true));
 	pv_state_run_tallies_free(v, n);
-	ck_assert(pv_state_runs_tally(st, settled, &settled, &v, &n, &err));
+	ck_assert(pv_state_runs_tally(st, settled, 0, &settled, &v, &n, &err));
 	ck_assert_int_eq(settled, ids[5]);
 	ck_assert_uint_eq(n, 0);
 	pv_state_run_tallies_free(v, n);
 	pv_state_run_tallies_free(NULL, 0);
 
+	/* In steps of two runs: each step settles at most two, and the steps add up to the same. */
+	{
+		int64_t total = 0, from = 0;
+		int steps = 0;
+		do {
+			from = settled;
+			if (steps == 0)
+				from = 0;
+			ck_assert(pv_state_runs_tally(st, from, 2, &settled, &v, &n, &err));
+			ck_assert_int_le(settled - from, 2);
+			for (size_t i = 0; i < n; i++) {
+				ck_assert(v[i].settled);
+				total += v[i].count;
+			}
+			pv_state_run_tallies_free(v, n);
+			steps++;
+		} while (settled > from);
+		ck_assert_int_eq(settled, ids[5]);
+		ck_assert_int_eq(total, 6);
+		ck_assert_int_eq(steps, 4); /* 2 + 2 + 2, then an empty step */
+	}
+	/* A step stops at a running run. */
+	{
+		int64_t running;
+		ck_assert(pv_state_run_begin(st, "bk", "backup", "prod", "schedule", 0, 500, &running, &err));
+		ck_assert(pv_state_run_begin(st, "hc", "health", "prod", "schedule", 0, 510, &ids[0], &err));
+		ck_assert(pv_state_run_end(st, ids[0], 511, 1, "ok", NULL, NULL, &err));
+		ck_assert(pv_state_runs_tally(st, ids[5], 10, &settled, &v, &n, &err));
+		ck_assert_int_eq(settled, ids[5]);
+		ck_assert_uint_eq(n, 1);
+		ck_assert(!v[0].settled);
+		ck_assert_str_eq(v[0].job, "hc");
+		pv_state_run_tallies_free(v, n);
+		ck_assert(pv_state_run_end(st, running, 520, 20, "ok", NULL, NULL, &err));
+	}
+
 	/* From scratch, the settled counts add up to every ended run. */
-	ck_assert(pv_state_runs_tally(st, 0, &settled, &v, &n, &err));
-	ck_assert_int_eq(settled, ids[5]);
+	ck_assert(pv_state_runs_tally(st, 0, 0, &settled, &v, &n, &err));
+	ck_assert_int_eq(settled, ids[0]); /* the newest run */
 	{
 		int64_t total = 0;
 		for (size_t i = 0; i < n; i++) {
 			ck_assert(v[i].settled);
 			total += v[i].count;
 		}
-		ck_assert_int_eq(total, 6);
+		ck_assert_int_eq(total, 8);
 	}
 	pv_state_run_tallies_free(v, n);
 	pv_state_close(st);
