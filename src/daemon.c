@@ -498,6 +498,36 @@ schedule_tick(struct pv_daemon *d, double delay)
 	event_add(d->ev_tick, &tv);
 }
 
+/* ---- metrics ---- */
+
+static void
+metrics_view(void *arg, struct pv_metrics_view *out)
+{
+	struct pv_daemon *d = arg;
+
+	out->state = d->state;
+	out->cfg = d->cfg;
+	out->alerts = &d->alerts;
+	out->now = time(NULL);
+	out->started = d->started;
+	out->reload_ok = d->reload.ok;
+	out->running = 0;
+	for (struct active_run *ar = d->runs; ar != NULL; ar = ar->next)
+		out->running++;
+}
+
+/* A new address that cannot be bound leaves the endpoint where it was: the reload itself stands. */
+static void
+metrics_reload(struct pv_daemon *d)
+{
+	struct pv_error err;
+
+	if (!pv_metrics_listen(d->metrics, d->cfg->daemon.metrics_listen, &err))
+		pv_log_error("metrics endpoint not moved, still serving address=%s error=%s",
+		             pv_metrics_address(d->metrics) ? pv_metrics_address(d->metrics) : "-",
+		             pv_log_quote(err.msg));
+}
+
 /* ---- alerts ---- */
 
 static void
@@ -867,36 +897,6 @@ alert_start(struct pv_daemon *d, struct pv_error *err)
 	return true;
 }
 
-/* ---- metrics ---- */
-
-static void
-metrics_view(void *arg, struct pv_metrics_view *out)
-{
-	struct pv_daemon *d = arg;
-
-	out->state = d->state;
-	out->cfg = d->cfg;
-	out->alerts = &d->alerts;
-	out->now = time(NULL);
-	out->started = d->started;
-	out->reload_ok = d->reload.ok;
-	out->running = 0;
-	for (struct active_run *ar = d->runs; ar != NULL; ar = ar->next)
-		out->running++;
-}
-
-/* A new address that cannot be bound leaves the endpoint where it was: the reload itself stands. */
-static void
-metrics_reload(struct pv_daemon *d)
-{
-	struct pv_error err;
-
-	if (!pv_metrics_listen(d->metrics, d->cfg->daemon.metrics_listen, &err))
-		pv_log_error("metrics endpoint not moved, still serving address=%s error=%s",
-		             pv_metrics_address(d->metrics) ? pv_metrics_address(d->metrics) : "-",
-		             pv_log_quote(err.msg));
-}
-
 /* ---- reload and stop ---- */
 
 bool
@@ -945,9 +945,9 @@ pv_daemon_reload(struct pv_daemon *d, struct pv_error *err)
 	/* A notifier the new configuration fixed must not stay broken; one still broken is found again. */
 	broken_clear(d);
 	alert_set_notifiers(d, cfg);
-	metrics_reload(d);
 	level = cfg->daemon.log_level;
 	pv_log_set_level(level);
+	metrics_reload(d);
 	d->reload.ok = true;
 	d->reload.error[0] = '\0';
 	pv_log_notice("configuration reloaded jobs=%zu databases=%zu", cfg->n_jobs, cfg->n_databases);
