@@ -28,6 +28,8 @@
 #include "loop/notify.h"
 #include "loop/proc.h"
 #include "metrics/metrics.h"
+#include "notify/digest.h"
+#include "notify/heartbeat.h"
 #include "notify/http.h"
 #include "notify/notify.h"
 #include "notify/outbox.h"
@@ -45,6 +47,12 @@
 #define ALERT_EVAL_SEC 30
 /* The persisted alert set in the state database's key/value store. */
 #define ALERT_KV_KEY "alerts"
+/* Maintenance mode: {"since", "until", "author", "comment"} in the key/value store; "null" when off. */
+#define MAINTENANCE_KV_KEY "maintenance"
+/* The alert log keeps this much history. */
+#define ALERT_LOG_KEEP (90 * 86400)
+/* Longest silence or maintenance window: an expiry is required, and a forgotten one must end. */
+#define SUPPRESS_MAX (30 * 86400)
 
 struct active_run {
 	struct pv_job_run run;
@@ -90,6 +98,10 @@ struct pv_daemon {
 	struct pv_alert_snap_missed *missed; /* missed runs since the last evaluation */
 	size_t n_missed;
 	char *alerts_saved; /* the set as last written: an unchanged set is not written again */
+	struct pv_heartbeat *heartbeat;
+	struct pv_digest *digest;
+	double alert_ok_mono;               /* when an evaluation last completed (monotonic) */
+	char alert_error[PV_ERROR_MSG_MAX]; /* why the last evaluation failed, "" when it did not */
 };
 
 static void schedule_tick(struct pv_daemon *d, double delay);
@@ -97,6 +109,7 @@ static void alert_schedule(struct pv_daemon *d, double delay);
 static void alert_evaluate(struct pv_daemon *d);
 static void alert_note_run(struct pv_daemon *d, const struct pv_job_run *run);
 static void alert_note_missed(struct pv_daemon *d, const struct pv_sched_miss *m);
+static json_t *time_json(time_t t);
 
 static void
 strv_push(struct pv_strv *sv, char *s)
@@ -682,11 +695,9 @@ outbox_event_cb(const struct pv_outbox_event *ev, void *arg)
 static void
 alert_set_notifiers(struct pv_daemon *d, const struct pv_config *cfg)
 {
-	for (size_t i = 0; i < cfg->n_notifiers; i++)
-		if (cfg->notifiers[i].type == PV_NOTIFIER_EMAIL)
-			pv_log_warn("email notifiers are not yet supported: nothing is sent to notifier=%s",
-			            cfg->notifiers[i].name);
 	pv_outbox_set_notifiers(d->outbox, cfg->notifiers, cfg->n_notifiers);
+	pv_heartbeat_set_notifiers(d->heartbeat, cfg->notifiers, cfg->n_notifiers);
+	pv_digest_set_notifiers(d->digest, cfg->notifiers, cfg->n_notifiers, cfg->daemon.timezone);
 }
 
 static void
@@ -765,18 +776,35 @@ title_of(const struct pv_alert_notification *a)
 
 /* Stable across attempts and re-queues of the same notification to the same notifier. */
 static char *
-idempotency_key(const struct pv_alert_notification *a, const char *notifier)
+message_key(const char *notifier, const char *fingerprint, enum pv_alert_kind kind, time_t fired_at,
+            time_t at)
 {
 	struct pv_crypto_sha256 *h = pv_crypto_sha256_new();
 	char hex[PV_CRYPTO_SHA256_HEX_LEN + 1];
-	char *text = pv_asprintf("%s\n%s\n%s\n%lld\n%lld", notifier, a->fingerprint,
-	                         pv_alert_kind_name(a->kind), (long long)a->fired_at, (long long)a->at);
+	char *text = pv_asprintf("%s\n%s\n%s\n%lld\n%lld", notifier, fingerprint, pv_alert_kind_name(kind),
+	                         (long long)fired_at, (long long)at);
 
 	pv_crypto_sha256_update(h, text, strlen(text));
 	pv_crypto_sha256_final_hex(h, hex);
 	pv_crypto_sha256_free(h);
 	free(text);
 	return pv_asprintf("pgvigil-%.32s", hex);
+}
+
+static char *
+idempotency_key(const struct pv_alert_notification *a, const char *notifier)
+{
+	return message_key(notifier, a->fingerprint, a->kind, a->fired_at, a->at);
+}
+
+/* Every message about one episode of an alert refers to its first one (the FIRING message, sent at
+ * fired_at), so mail clients thread them. Events stand alone. */
+static char *
+thread_key(const struct pv_alert_notification *a, const char *notifier)
+{
+	if (a->kind == PV_ALERT_NOTIFY_EVENT || a->fired_at == 0)
+		return NULL;
+	return message_key(notifier, a->fingerprint, PV_ALERT_NOTIFY_FIRING, a->fired_at, a->fired_at);
 }
 
 static void
@@ -797,7 +825,7 @@ alert_log(const struct pv_alert_notification *a)
 		            a->suppressed ? " suppressed=yes" : "");
 }
 
-/* One message per notifier that takes this severity (only Slack and webhooks have senders yet). */
+/* One message per notifier that takes this severity. */
 static void
 alert_deliver(struct pv_daemon *d, const struct pv_alert_notification *a)
 {
@@ -806,8 +834,7 @@ alert_deliver(struct pv_daemon *d, const struct pv_alert_notification *a)
 		struct pv_notification n = {0};
 		struct pv_error err;
 
-		if (!(nf->severities & PV_SEV_MASK(a->severity)) ||
-		    (nf->type != PV_NOTIFIER_SLACK && nf->type != PV_NOTIFIER_WEBHOOK))
+		if (!(nf->severities & PV_SEV_MASK(a->severity)) || nf->type == PV_NOTIFIER_HEARTBEAT)
 			continue;
 		/* A broken notifier is announced through the others. */
 		if (a->rule == PV_RULE_NOTIFIER_BROKEN && a->notifier != NULL &&
@@ -826,11 +853,100 @@ alert_deliver(struct pv_daemon *d, const struct pv_alert_notification *a)
 		n.threshold = a->threshold && a->threshold[0] ? pv_strdup(a->threshold) : NULL;
 		n.at = a->at;
 		n.idempotency_key = idempotency_key(a, nf->name);
-		if (!pv_outbox_enqueue(d->outbox, &n, &err))
+		n.thread_key = thread_key(a, nf->name);
+		if (pv_digest_takes(nf, &n)) {
+			if (!pv_digest_add(d->digest, &n, &err))
+				pv_log_error("cannot keep an event for a digest notifier=%s rule=%s error=%s",
+				             nf->name, n.rule, pv_log_quote(err.msg));
+		} else if (!pv_outbox_enqueue(d->outbox, &n, &err))
 			pv_log_error("cannot queue notification notifier=%s rule=%s error=%s", nf->name,
 			             n.rule, pv_log_quote(err.msg));
 		pv_notification_clear(&n);
 	}
+}
+
+/* Maintenance mode's end, 0 when off; *info (may be NULL) gets the whole record. */
+static time_t
+maintenance_until(struct pv_daemon *d, json_t **info)
+{
+	char *text = NULL;
+	json_t *j = NULL;
+	time_t until = 0;
+
+	if (info != NULL)
+		*info = NULL;
+	if (pv_state_kv_get(d->state, MAINTENANCE_KV_KEY, &text, NULL))
+		j = json_loads(text, 0, NULL);
+	free(text);
+	if (json_is_object(j))
+		until = (time_t)json_integer_value(json_object_get(j, "until"));
+	if (until > 0 && info != NULL)
+		*info = json_incref(j);
+	json_decref(j);
+	return until;
+}
+
+/* Active silences and maintenance from the state database, for one step of the engine. Silences naming
+ * a rule this version does not know are ignored. */
+static void
+suppress_load(struct pv_daemon *d, time_t now, struct pv_alert_suppress *sup, struct pv_state_silence **sils,
+              size_t *n_sils)
+{
+	struct pv_alert_silence *v;
+	struct pv_error err;
+	size_t n = 0;
+
+	memset(sup, 0, sizeof(*sup));
+	if (!pv_state_silences_list(d->state, now, sils, n_sils, &err)) {
+		pv_log_error("cannot read silences, evaluating without them error=%s", pv_log_quote(err.msg));
+		*sils = NULL;
+		*n_sils = 0;
+	}
+	v = pv_calloc(*n_sils + 1, sizeof(*v));
+	for (size_t i = 0; i < *n_sils; i++) {
+		const struct pv_state_silence *x = &(*sils)[i];
+		if (!pv_alert_rule_from_name(x->rule, &v[n].rule))
+			continue;
+		v[n].id = x->id;
+		v[n].database = x->database;
+		v[n].until = x->until;
+		n++;
+	}
+	sup->silences = v;
+	sup->n_silences = n;
+	sup->maintenance_until = maintenance_until(d, NULL);
+	if (sup->maintenance_until <= now)
+		sup->maintenance_until = 0;
+}
+
+/* Every notification the engine produces goes to the alert log, delivered or not. */
+static void
+alert_record(struct pv_daemon *d, const struct pv_alert_notification *a)
+{
+	char why[64];
+	struct pv_state_alert_event e = {
+	        .at = a->at,
+	        .kind = (char *)pv_alert_kind_name(a->kind),
+	        .rule = (char *)pv_alert_rule_name(a->rule),
+	        .severity = (char *)pv_severity_name(a->severity),
+	        .fingerprint = a->fingerprint,
+	        .database = a->database,
+	        .job = a->job,
+	        .value = a->value,
+	        .threshold = a->threshold,
+	};
+	struct pv_error err;
+
+	if (a->suppressed) {
+		if (a->silence_id > 0)
+			snprintf(why, sizeof(why), "silence %lld", (long long)a->silence_id);
+		else
+			snprintf(why, sizeof(why), "maintenance");
+		e.suppressed = why;
+	}
+	if (!pv_state_alert_log_add(d->state, &e, a->at - ALERT_LOG_KEEP, &err))
+		pv_log_error("cannot record an alert notification rule=%s error=%s", e.rule,
+		             pv_log_quote(err.msg));
 }
 
 /* Rules, then the state machine, then the outbox; the set is persisted after every step. */
@@ -840,6 +956,9 @@ alert_evaluate(struct pv_daemon *d)
 	struct pv_alert_snapshot snap;
 	struct pv_alert_conditions conds = {0};
 	struct pv_alert_notifications notes = {0};
+	struct pv_alert_suppress sup = {0};
+	struct pv_state_silence *sils = NULL;
+	size_t n_sils = 0;
 	struct pv_error err;
 	time_t now = time(NULL), due;
 	double delay = ALERT_EVAL_SEC;
@@ -848,6 +967,7 @@ alert_evaluate(struct pv_daemon *d)
 		return;
 	if (!pv_alert_snapshot_build(d->state, d->cfg, now, d->started, &snap, &err)) {
 		pv_log_error("cannot evaluate alerts error=%s", pv_log_quote(err.msg));
+		snprintf(d->alert_error, sizeof(d->alert_error), "%s", err.msg);
 		alert_schedule(d, ALERT_EVAL_SEC);
 		return;
 	}
@@ -858,22 +978,54 @@ alert_evaluate(struct pv_daemon *d)
 	snap.missed = d->missed;
 	snap.n_missed = d->n_missed;
 	pv_alert_rules_eval(d->cfg, &snap, now, &conds);
-	pv_alert_engine_step(&d->cfg->alerts, &d->alerts, &conds, NULL, now, &notes);
+	suppress_load(d, now, &sup, &sils, &n_sils);
+	pv_alert_engine_step(&d->cfg->alerts, &d->alerts, &conds, &sup, now, &notes);
 	for (size_t i = 0; i < notes.n; i++) {
 		alert_log(&notes.v[i]);
+		alert_record(d, &notes.v[i]);
 		if (!notes.v[i].suppressed)
 			alert_deliver(d, &notes.v[i]);
 	}
+	/* Wake when a silence or maintenance ends: what it held back goes out then. */
+	for (size_t i = 0; i < sup.n_silences; i++)
+		if (sup.silences[i].until > now && (double)(sup.silences[i].until - now) < delay)
+			delay = (double)(sup.silences[i].until - now);
+	if (sup.maintenance_until > now && (double)(sup.maintenance_until - now) < delay)
+		delay = (double)(sup.maintenance_until - now);
+	free((void *)sup.silences);
+	pv_state_silences_free(sils, n_sils);
 	alert_persist(d);
 	pv_alert_notifications_clear(&notes);
 	pv_alert_conditions_clear(&conds);
 	pv_alert_snapshot_free(&snap);
 	events_clear(d);
+	d->alert_ok_mono = pv_now_mono();
+	d->alert_error[0] = '\0';
 
 	due = pv_alert_engine_next_due(&d->cfg->alerts, &d->alerts);
 	if (due > 0 && (double)(due - now) < delay)
 		delay = due > now ? (double)(due - now) : 1;
 	alert_schedule(d, delay);
+}
+
+/* The heartbeat vouches for the daemon only while alerts are being evaluated: a daemon whose evaluation
+ * loop stalls or whose state database fails cannot tell anyone that something is wrong. */
+static bool
+heartbeat_healthy(void *arg, char *why, size_t size)
+{
+	struct pv_daemon *d = arg;
+	double since = pv_now_mono() - d->alert_ok_mono;
+
+	if (d->stopping) {
+		snprintf(why, size, "stopping");
+		return false;
+	}
+	if (since > 2 * ALERT_EVAL_SEC + 5) {
+		snprintf(why, size, "no alert evaluation for %.0fs%s%s", since, d->alert_error[0] ? ": " : "",
+		         d->alert_error);
+		return false;
+	}
+	return true;
 }
 
 static bool
@@ -891,10 +1043,188 @@ alert_start(struct pv_daemon *d, struct pv_error *err)
 	d->outbox = pv_outbox_new(d->base, d->state, d->http, &opts, err);
 	if (d->outbox == NULL)
 		return false;
+	d->heartbeat = pv_heartbeat_new(d->base, d->http, heartbeat_healthy, d);
+	d->digest = pv_digest_new(d->base, d->state, d->outbox);
+	d->alert_ok_mono = pv_now_mono();
 	alert_set_notifiers(d, d->cfg);
 	alert_load(d);
 	d->ev_alert = evtimer_new(d->base, alert_cb, d);
 	return true;
+}
+
+/* ---- silences and maintenance ---- */
+
+void
+pv_daemon_alerts_changed(struct pv_daemon *d)
+{
+	alert_schedule(d, 0);
+}
+
+static bool
+suppress_duration_ok(int64_t secs, const char *what, struct pv_error *err)
+{
+	char max[32];
+
+	if (secs <= 0)
+		return pv_error_set(err, PV_ERR_USAGE, "%s: --for is required and must be positive", what);
+	if (secs > SUPPRESS_MAX)
+		return pv_error_set(err, PV_ERR_USAGE, "%s: --for is at most %s", what,
+		                    pv_duration_format(SUPPRESS_MAX, max, sizeof(max)));
+	return true;
+}
+
+bool
+pv_daemon_silence_add(struct pv_daemon *d, const char *rule, const char *database, int64_t secs,
+                      const char *comment, const char *author, json_t **out, struct pv_error *err)
+{
+	struct pv_state_silence sil = {0};
+	enum pv_rule id;
+	int64_t row;
+
+	if (rule == NULL || !pv_alert_rule_from_name(rule, &id))
+		return pv_error_set(err, PV_ERR_USAGE, "silence: unknown rule \"%s\"", rule ? rule : "");
+	if (database != NULL && pv_config_database_find(d->cfg, database) == NULL)
+		return pv_error_set(err, PV_ERR_USAGE, "silence: no database \"%s\" in the configuration",
+		                    database);
+	if (!suppress_duration_ok(secs, "silence", err))
+		return false;
+	if (comment == NULL || comment[0] == '\0')
+		return pv_error_set(err, PV_ERR_USAGE, "silence: --comment is required (say why)");
+	sil.rule = (char *)rule;
+	sil.database = (char *)database;
+	sil.created = time(NULL);
+	sil.until = sil.created + secs;
+	sil.comment = (char *)comment;
+	sil.author = (char *)author;
+	if (!pv_state_silence_add(d->state, &sil, &row, err))
+		return false;
+	pv_log_notice("silence added id=%lld rule=%s database=%s until=%lld author=%s comment=%s",
+	              (long long)row, rule, database ? database : "*", (long long)sil.until, author,
+	              pv_log_quote(comment));
+	*out = json_pack("{s:I,s:s,s:o,s:o,s:s,s:s}", "id", (json_int_t)row, "rule", rule, "database",
+	                 database ? json_string(database) : json_null(), "until", time_json(sil.until),
+	                 "author", author, "comment", comment);
+	pv_daemon_alerts_changed(d);
+	return true;
+}
+
+bool
+pv_daemon_silence_remove(struct pv_daemon *d, int64_t id, const char *author, struct pv_error *err)
+{
+	if (!pv_state_silence_remove(d->state, id, time(NULL), author, err))
+		return false;
+	pv_log_notice("silence removed id=%lld author=%s", (long long)id, author);
+	pv_daemon_alerts_changed(d);
+	return true;
+}
+
+json_t *
+pv_daemon_silences_json(struct pv_daemon *d, bool all)
+{
+	struct pv_state_silence *v;
+	struct pv_error err;
+	time_t now = time(NULL);
+	json_t *arr = json_array();
+	size_t n;
+
+	if (!pv_state_silences_list(d->state, all ? 0 : now, &v, &n, &err)) {
+		pv_log_error("cannot list silences error=%s", pv_log_quote(err.msg));
+		return arr;
+	}
+	for (size_t i = 0; i < n; i++) {
+		const char *state = v[i].removed > 0 ? "removed" : v[i].until <= now ? "expired" : "active";
+		json_array_append_new(
+		        arr, json_pack("{s:I,s:s,s:o,s:o,s:o,s:s,s:s,s:s,s:o,s:o}", "id", (json_int_t)v[i].id,
+		                       "rule", v[i].rule, "database",
+		                       v[i].database ? json_string(v[i].database) : json_null(), "created",
+		                       time_json(v[i].created), "until", time_json(v[i].until), "comment",
+		                       v[i].comment, "author", v[i].author, "state", state, "removed",
+		                       time_json(v[i].removed), "removed_by",
+		                       v[i].removed_by ? json_string(v[i].removed_by) : json_null()));
+	}
+	pv_state_silences_free(v, n);
+	return arr;
+}
+
+json_t *
+pv_daemon_maintenance_json(struct pv_daemon *d)
+{
+	json_t *info;
+	time_t until = maintenance_until(d, &info), now = time(NULL);
+	json_t *o;
+
+	if (until <= now) {
+		json_decref(info);
+		return json_null();
+	}
+	o = json_pack("{s:o,s:o,s:O,s:O}", "since",
+	              time_json((time_t)json_integer_value(json_object_get(info, "since"))), "until",
+	              time_json(until), "author", json_object_get(info, "author"), "comment",
+	              json_object_get(info, "comment"));
+	json_decref(info);
+	return o;
+}
+
+bool
+pv_daemon_maintenance(struct pv_daemon *d, bool on, int64_t secs, const char *comment, const char *author,
+                      json_t **out, struct pv_error *err)
+{
+	time_t now = time(NULL);
+	json_t *rec;
+	char *text;
+	bool ok;
+
+	if (on && !suppress_duration_ok(secs, "maintenance on", err))
+		return false;
+	rec = on ? json_pack("{s:I,s:I,s:s,s:s}", "since", (json_int_t)now, "until", (json_int_t)(now + secs),
+	                     "author", author, "comment", comment ? comment : "")
+	         : json_null();
+	text = json_dumps(rec, JSON_COMPACT | JSON_ENCODE_ANY);
+	json_decref(rec);
+	ok = pv_state_kv_set(d->state, MAINTENANCE_KV_KEY, text, err);
+	free(text);
+	if (!ok)
+		return false;
+	if (on)
+		pv_log_notice("maintenance on until=%lld author=%s comment=%s", (long long)(now + secs),
+		              author, pv_log_quote(comment ? comment : ""));
+	else
+		pv_log_notice("maintenance off author=%s", author);
+	*out = json_pack("{s:o}", "maintenance", pv_daemon_maintenance_json(d));
+	pv_daemon_alerts_changed(d);
+	return true;
+}
+
+json_t *
+pv_daemon_alert_log_json(struct pv_daemon *d, int limit)
+{
+	struct pv_state_alert_event *v;
+	struct pv_error err;
+	json_t *arr = json_array();
+	size_t n;
+
+	if (!pv_state_alert_log_list(d->state, limit, &v, &n, &err)) {
+		pv_log_error("cannot read the alert log error=%s", pv_log_quote(err.msg));
+		return arr;
+	}
+	for (size_t i = 0; i < n; i++) {
+		json_t *o = json_object();
+		json_object_set_new(o, "at", time_json(v[i].at));
+		json_object_set_new(o, "kind", json_string(v[i].kind));
+		json_object_set_new(o, "rule", json_string(v[i].rule));
+		json_object_set_new(o, "severity", json_string(v[i].severity));
+		json_object_set_new(o, "fingerprint", json_string(v[i].fingerprint));
+		json_object_set_new(o, "database", v[i].database ? json_string(v[i].database) : json_null());
+		json_object_set_new(o, "job", v[i].job ? json_string(v[i].job) : json_null());
+		json_object_set_new(o, "value", v[i].value ? json_string(v[i].value) : json_null());
+		json_object_set_new(o, "threshold",
+		                    v[i].threshold ? json_string(v[i].threshold) : json_null());
+		json_object_set_new(o, "suppressed",
+		                    v[i].suppressed ? json_string(v[i].suppressed) : json_null());
+		json_array_append_new(arr, o);
+	}
+	pv_state_alert_events_free(v, n);
+	return arr;
 }
 
 /* ---- reload and stop ---- */
@@ -1213,6 +1543,8 @@ pv_daemon_free(struct pv_daemon *d)
 	if (d->ev_alert)
 		event_free(d->ev_alert);
 	/* Messages not yet delivered stay pending in the state database for the next start. */
+	pv_digest_free(d->digest);
+	pv_heartbeat_free(d->heartbeat);
 	pv_outbox_free(d->outbox);
 	pv_http_free(d->http);
 	pv_alert_set_clear(&d->alerts);
@@ -1408,6 +1740,9 @@ pv_daemon_status_json(struct pv_daemon *d)
 	json_object_set_new(o, "databases", dbs);
 	json_object_set_new(o, "alerts", pv_daemon_alerts_json(d, false, true));
 	json_object_set_new(o, "notifications", notifications_json(d));
+	json_object_set_new(o, "maintenance", pv_daemon_maintenance_json(d));
+	json_object_set_new(o, "heartbeats", pv_heartbeat_status_json(d->heartbeat));
+	json_object_set_new(o, "silences", pv_daemon_silences_json(d, false));
 	return o;
 }
 

@@ -30,6 +30,18 @@ json_t *pv_daemon_status_json(struct pv_daemon *d);
 json_t *pv_daemon_jobs_json(struct pv_daemon *d);
 /* Alerts of the persisted set: resolved ones (history), else pending and firing (or firing only). */
 json_t *pv_daemon_alerts_json(struct pv_daemon *d, bool history, bool firing_only);
+/* Silences and maintenance mode (admins; author is the peer's user name). Each takes effect at once. */
+bool pv_daemon_silence_add(struct pv_daemon *d, const char *rule, const char *database, int64_t secs,
+                           const char *comment, const char *author, json_t **out, struct pv_error *err);
+bool pv_daemon_silence_remove(struct pv_daemon *d, int64_t id, const char *author, struct pv_error *err);
+json_t *pv_daemon_silences_json(struct pv_daemon *d, bool all); /* active ones, or every one ever */
+bool pv_daemon_maintenance(struct pv_daemon *d, bool on, int64_t secs, const char *comment,
+                           const char *author, json_t **out, struct pv_error *err);
+json_t *pv_daemon_maintenance_json(struct pv_daemon *d); /* null when off */
+/* The alert log, newest first: every notification produced, delivered or suppressed. */
+json_t *pv_daemon_alert_log_json(struct pv_daemon *d, int limit);
+/* Silences, maintenance or notifiers changed: evaluate alerts now. */
+void pv_daemon_alerts_changed(struct pv_daemon *d);
 bool pv_daemon_run_job(struct pv_daemon *d, const char *job, int64_t *run_id, struct pv_error *err);
 bool pv_daemon_reload(struct pv_daemon *d, struct pv_error *err);
 bool pv_daemon_is_admin(struct pv_daemon *d, uid_t uid, gid_t gid);

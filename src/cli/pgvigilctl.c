@@ -14,6 +14,7 @@
 
 #include "cli/report.h"
 #include "cli/restore.h"
+#include "config/config.h"
 #include "crypto/crypto.h"
 #include "ctl/protocol.h"
 #include "sched/cron.h"
@@ -45,7 +46,11 @@ usage(FILE *out)
 	        "  verify BACKUP_ID       verify one backup now (ID, or DATABASE/JOB/ID)\n"
 	        "  prune [--dry-run]      apply retention now, or show what it would delete (admins)\n"
 	        "  report [--json]        disaster-recovery readiness report per database (Markdown)\n"
-	        "  alerts [history]       firing and pending alerts, or the resolved ones\n"
+	        "  alerts [history]       firing and pending alerts, or every notification produced\n"
+	        "  silence add RULE [DATABASE] --for D --comment T   silence a rule (admins)\n"
+	        "  silence list [--all]   active silences (--all: also expired and removed)\n"
+	        "  silence remove ID      end a silence early (admins)\n"
+	        "  maintenance on --for D [--comment T] | off   hold back notifications (admins)\n"
 	        "  restore ID|latest --database DB --to CONNINFO [--force]\n"
 	        "                         restore a backup into a database and validate it (admins)\n"
 	        "commands (offline):\n"
@@ -215,6 +220,13 @@ print_status_alerts(json_t *d)
 		printf("%s %s/%s (%s)", i == 0 ? ":" : ",", str(a, "rule", "?"), about,
 		       str(a, "severity", "?"));
 	}
+	if (json_is_object(json_object_get(d, "maintenance")))
+		printf("\nmaintenance: on until %s (%s), notifications held back",
+		       str(json_object_get(d, "maintenance"), "until", "?"),
+		       str(json_object_get(d, "maintenance"), "author", "?"));
+	if (json_array_size(json_object_get(d, "silences")) > 0)
+		printf("\nsilences: %zu active (pgvigilctl silence list)",
+		       json_array_size(json_object_get(d, "silences")));
 	printf("\nnotifications:");
 	if (json_object_size(notes) == 0)
 		printf(" no notifiers");
@@ -236,17 +248,73 @@ print_alerts(json_t *d)
 	size_t i;
 
 	if (json_array_size(alerts) == 0) {
-		printf(history ? "no resolved alerts\n" : "no alerts\n");
+		printf(history ? "no alert notifications recorded\n" : "no alerts\n");
+		return;
+	}
+	if (history) {
+		printf("%-21s %-9s %-20s %-9s %-16s %-16s %-14s %s\n", "TIME", "KIND", "RULE", "SEVERITY",
+		       "DATABASE", "JOB", "SUPPRESSED", "VALUE");
+		json_array_foreach(alerts, i, a)
+		{
+			printf("%-21s %-9s %-20s %-9s %-16s %-16s %-14s %s\n", str(a, "at", "-"),
+			       str(a, "kind", "?"), str(a, "rule", "?"), str(a, "severity", "?"),
+			       str(a, "database", "-"), str(a, "job", "-"), str(a, "suppressed", "-"),
+			       str(a, "value", ""));
+		}
 		return;
 	}
 	printf("%-20s %-9s %-9s %-16s %-16s %-21s %s\n", "RULE", "SEVERITY", "STATUS", "DATABASE", "JOB",
-	       history ? "RESOLVED" : "SINCE", "VALUE");
+	       "SINCE", "VALUE");
 	json_array_foreach(alerts, i, a)
 	{
 		printf("%-20s %-9s %-9s %-16s %-16s %-21s %s\n", str(a, "rule", "?"), str(a, "severity", "?"),
 		       str(a, "status", "?"), str(a, "database", "-"), str(a, "job", "-"),
-		       history ? str(a, "resolved_at", "-") : str(a, "first_seen", "-"), str(a, "value", ""));
+		       str(a, "first_seen", "-"), str(a, "value", ""));
 	}
+}
+
+static void
+print_silences(json_t *d)
+{
+	json_t *v = json_object_get(d, "silences"), *a;
+	size_t i;
+
+	if (json_array_size(v) == 0) {
+		printf("no silences\n");
+		return;
+	}
+	printf("%-5s %-20s %-16s %-21s %-8s %-12s %s\n", "ID", "RULE", "DATABASE", "UNTIL", "STATE", "AUTHOR",
+	       "COMMENT");
+	json_array_foreach(v, i, a)
+	{
+		printf("%-5lld %-20s %-16s %-21s %-8s %-12s %s\n",
+		       (long long)json_integer_value(json_object_get(a, "id")), str(a, "rule", "?"),
+		       str(a, "database", "*"), str(a, "until", "-"), str(a, "state", "?"),
+		       str(a, "author", "?"), str(a, "comment", ""));
+	}
+}
+
+/* "--for D" and "--comment T" after the positional arguments of silence add / maintenance on. */
+static bool
+parse_for_comment(int argc, char **argv, int from, int64_t *secs, const char **comment)
+{
+	for (int i = from; i < argc; i++) {
+		if (strcmp(argv[i], "--for") == 0 && i + 1 < argc) {
+			if (!pv_duration_parse(argv[++i], secs) || *secs <= 0) {
+				fprintf(stderr,
+				        "pgvigilctl: --for: expected a duration like 30m, 2h or 1d, got "
+				        "\"%s\"\n",
+				        argv[i]);
+				return false;
+			}
+		} else if (strcmp(argv[i], "--comment") == 0 && i + 1 < argc) {
+			*comment = argv[++i];
+		} else {
+			fprintf(stderr, "pgvigilctl: unexpected argument \"%s\"\n", argv[i]);
+			return false;
+		}
+	}
+	return true;
 }
 
 static void
@@ -746,6 +814,67 @@ main(int argc, char **argv)
 			return EXIT_USAGE;
 		}
 		req = pv_ctl_request_new("alerts", json_pack("{s:b}", "history", argc == 2));
+	} else if (strcmp(cmd, "silence") == 0) {
+		const char *sub = argc >= 2 ? argv[1] : "";
+		if (strcmp(sub, "add") == 0 && argc >= 3) {
+			int64_t secs = 0;
+			const char *comment = NULL, *db = NULL;
+			int from = 3;
+			if (argc >= 4 && strncmp(argv[3], "--", 2) != 0) {
+				db = argv[3];
+				from = 4;
+			}
+			if (!parse_for_comment(argc, argv, from, &secs, &comment))
+				return EXIT_USAGE;
+			if (secs <= 0 || comment == NULL) {
+				fprintf(stderr,
+				        "usage: pgvigilctl silence add RULE [DATABASE] --for DURATION "
+				        "--comment TEXT\n");
+				return EXIT_USAGE;
+			}
+			req = pv_ctl_request_new("silence-add",
+			                         json_pack("{s:s,s:o,s:I,s:s}", "rule", argv[2], "database",
+			                                   db ? json_string(db) : json_null(), "for",
+			                                   (json_int_t)secs, "comment", comment));
+			cmd = "silence-add";
+		} else if (strcmp(sub, "list") == 0 &&
+		           (argc == 2 || (argc == 3 && strcmp(argv[2], "--all") == 0))) {
+			req = pv_ctl_request_new("silences", json_pack("{s:b}", "all", argc == 3));
+			cmd = "silences";
+		} else if (strcmp(sub, "remove") == 0 && argc == 3) {
+			char *end;
+			long long id = strtoll(argv[2], &end, 10);
+			if (*end != '\0' || id <= 0) {
+				fprintf(stderr,
+				        "pgvigilctl: silence remove: expected a silence id, got \"%s\"\n",
+				        argv[2]);
+				return EXIT_USAGE;
+			}
+			req = pv_ctl_request_new("silence-remove", json_pack("{s:I}", "id", (json_int_t)id));
+			cmd = "silence-remove";
+		} else {
+			fprintf(stderr, "usage: pgvigilctl silence add RULE [DATABASE] --for DURATION "
+			                "--comment TEXT\n"
+			                "       pgvigilctl silence list [--all]\n"
+			                "       pgvigilctl silence remove ID\n");
+			return EXIT_USAGE;
+		}
+	} else if (strcmp(cmd, "maintenance") == 0) {
+		int64_t secs = 0;
+		const char *comment = NULL;
+		bool on = argc >= 2 && strcmp(argv[1], "on") == 0;
+		if (on && parse_for_comment(argc, argv, 2, &secs, &comment) && secs > 0) {
+			req = pv_ctl_request_new("maintenance",
+			                         json_pack("{s:b,s:I,s:o}", "on", 1, "for", (json_int_t)secs,
+			                                   "comment",
+			                                   comment ? json_string(comment) : json_null()));
+		} else if (argc == 2 && strcmp(argv[1], "off") == 0) {
+			req = pv_ctl_request_new("maintenance", json_pack("{s:b}", "on", 0));
+		} else {
+			fprintf(stderr, "usage: pgvigilctl maintenance on --for DURATION [--comment TEXT]\n"
+			                "       pgvigilctl maintenance off\n");
+			return EXIT_USAGE;
+		}
 	} else if (strcmp(cmd, "prune") == 0) {
 		bool dry = argc == 2 && strcmp(argv[1], "--dry-run") == 0;
 		if (argc > 2 || (argc == 2 && !dry)) {
@@ -781,6 +910,23 @@ main(int argc, char **argv)
 			print_prune(data);
 		} else if (strcmp(cmd, "alerts") == 0) {
 			print_alerts(data);
+		} else if (strcmp(cmd, "silences") == 0) {
+			print_silences(data);
+		} else if (strcmp(cmd, "silence-add") == 0) {
+			printf("silence %lld added: %s on %s until %s\n",
+			       (long long)json_integer_value(json_object_get(data, "id")),
+			       str(data, "rule", "?"), str(data, "database", "every database"),
+			       str(data, "until", "?"));
+		} else if (strcmp(cmd, "silence-remove") == 0) {
+			printf("silence %lld removed\n",
+			       (long long)json_integer_value(json_object_get(data, "removed")));
+		} else if (strcmp(cmd, "maintenance") == 0) {
+			json_t *m = json_object_get(data, "maintenance");
+			if (json_is_object(m))
+				printf("maintenance on until %s: notifications are held back\n",
+				       str(m, "until", "?"));
+			else
+				printf("maintenance off\n");
 		} else if (strcmp(cmd, "report") == 0) {
 			pv_cli_report(data, false);
 		} else if (strcmp(cmd, "verify") == 0) {

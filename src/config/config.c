@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <yaml.h>
 
 #include "config/internal.h"
@@ -31,6 +32,7 @@ static const char *const notifier_kind_names[] = {"a slack notifier", "a webhook
 static const char *const severity_names[] = {"info", "warning", "critical"};
 static const char *const compression_names[] = {"zstd", "none"};
 static const char *const starttls_names[] = {"required", "implicit", "none"};
+static const char *const heartbeat_method_names[] = {"GET", "POST"};
 
 static const struct keydef top_keys[] = {
         {"daemon", 0}, {"storage", 0}, {"databases", 0}, {"restore_targets", 0},
@@ -88,6 +90,8 @@ static const struct keydef notifier_keys[] = {
         {"from", NT(EMAIL)},
         {"to", NT(EMAIL)},
         {"every", NT(HEARTBEAT)},
+        {"method", NT(HEARTBEAT)},
+        {"ca_file", 0},
 };
 
 enum rule_param { P_NONE, P_AFTER, P_CONSECUTIVE, P_CHANGE, P_FACTOR, P_ABOVE };
@@ -817,6 +821,12 @@ load_notifier(struct loader *ld, yaml_node_t *key, yaml_node_t *val, struct pv_c
 	}
 	free(digest);
 	ld_duration(ld, val, path, "max_age", 60, &nt->max_age);
+	if (ld_str(ld, val, path, "ca_file", &nt->ca_file) && access(nt->ca_file, R_OK) != 0) {
+		ld_get(ld, val, "ca_file", &k);
+		ld_path(sub, path, "ca_file");
+		ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub, "cannot read %s: %s",
+		         ld_quote(nt->ca_file, q, sizeof(q)), strerror(errno));
+	}
 
 	switch (type) {
 	case PV_NOTIFIER_SLACK: url_secret(ld, key, val, path, "webhook_url", &nt->webhook_url, true); break;
@@ -824,11 +834,15 @@ load_notifier(struct loader *ld, yaml_node_t *key, yaml_node_t *val, struct pv_c
 		url_secret(ld, key, val, path, "url", &nt->url, true);
 		ld_secret(ld, val, path, "secret", &nt->secret);
 		break;
-	case PV_NOTIFIER_HEARTBEAT:
+	case PV_NOTIFIER_HEARTBEAT: {
+		int method;
 		url_secret(ld, key, val, path, "url", &nt->url, true);
 		nt->every = 300;
-		ld_duration(ld, val, path, "every", 10, &nt->every);
+		ld_duration(ld, val, path, "every", 1, &nt->every);
+		if (ld_enum(ld, val, path, "method", heartbeat_method_names, 2, &method))
+			nt->post = method == 1;
 		break;
+	}
 	case PV_NOTIFIER_EMAIL: {
 		int v;
 		bool smtps = false;
@@ -1051,6 +1065,7 @@ config_free(struct pv_config *cfg)
 		ld_secret_free(&n->url);
 		ld_secret_free(&n->secret);
 		free(n->smtp_url);
+		free(n->ca_file);
 		free(n->username);
 		ld_secret_free(&n->password);
 		free(n->from);

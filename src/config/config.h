@@ -170,8 +170,10 @@ struct pv_config_notifier {
 	struct pv_secret password;
 	char *from;
 	struct pv_strv to;
+	char *ca_file; /* CA certificates to trust instead of the system's (HTTPS, SMTP over TLS) */
 	/* heartbeat */
 	int64_t every; /* default 5m */
+	bool post;     /* method: POST (default GET) */
 };
 
 struct pv_config {

@@ -267,6 +267,7 @@ dump_notifier(FILE *out, const struct pv_config_notifier *n)
 			kv_cron(out, 4, "digest", n->digest);
 	}
 	kv_dur(out, 4, "max_age", n->max_age);
+	kv_str(out, 4, "ca_file", n->ca_file);
 	switch (n->type) {
 	case PV_NOTIFIER_SLACK: kv_secret(out, 4, "webhook_url", &n->webhook_url); break;
 	case PV_NOTIFIER_WEBHOOK:
@@ -276,6 +277,7 @@ dump_notifier(FILE *out, const struct pv_config_notifier *n)
 	case PV_NOTIFIER_HEARTBEAT:
 		kv_secret(out, 4, "url", &n->url);
 		kv_dur(out, 4, "every", n->every);
+		kv_str(out, 4, "method", n->post ? "POST" : "GET");
 		break;
 	case PV_NOTIFIER_EMAIL:
 		kv_str(out, 4, "smtp_url", n->smtp_url);

@@ -1,6 +1,7 @@
 /* The control command table: each command's name, whether it changes the daemon, and its handler. */
 #include "ctl/commands.h"
 
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,14 +32,82 @@ cmd_jobs(void *ctx, const struct pv_ctl_peer *peer, json_t *args, json_t **data,
 	return true;
 }
 
+/* `alerts`: the firing and pending alerts; `alerts history`: the alert log (every notification produced,
+ * delivered or suppressed), newest first. */
 static bool
 cmd_alerts(void *ctx, const struct pv_ctl_peer *peer, json_t *args, json_t **data, struct pv_error *err)
 {
 	bool history = json_is_true(json_object_get(args, "history"));
+	json_t *limit = json_object_get(args, "limit");
 
 	*data = json_pack("{s:b,s:o}", "history", history, "alerts",
-	                  pv_daemon_alerts_json(ctx, history, false));
+	                  history ? pv_daemon_alert_log_json(ctx, json_is_integer(limit)
+	                                                                  ? (int)json_integer_value(limit)
+	                                                                  : 100)
+	                          : pv_daemon_alerts_json(ctx, false, false));
 	return true;
+}
+
+/* Who ran a command: the peer's user name, else "uid N". */
+static void
+peer_user(const struct pv_ctl_peer *peer, char *buf, size_t size)
+{
+	struct passwd pw, *pwp = NULL;
+	char pbuf[4096];
+
+	if (getpwuid_r(peer->uid, &pw, pbuf, sizeof(pbuf), &pwp) == 0 && pwp != NULL)
+		snprintf(buf, size, "%s", pw.pw_name);
+	else
+		snprintf(buf, size, "uid %d", (int)peer->uid);
+}
+
+static bool
+cmd_silence_add(void *ctx, const struct pv_ctl_peer *peer, json_t *args, json_t **data, struct pv_error *err)
+{
+	char who[256];
+
+	peer_user(peer, who, sizeof(who));
+	return pv_daemon_silence_add(ctx, json_string_value(json_object_get(args, "rule")),
+	                             json_string_value(json_object_get(args, "database")),
+	                             json_integer_value(json_object_get(args, "for")),
+	                             json_string_value(json_object_get(args, "comment")), who, data, err);
+}
+
+static bool
+cmd_silence_remove(void *ctx, const struct pv_ctl_peer *peer, json_t *args, json_t **data,
+                   struct pv_error *err)
+{
+	json_t *id = json_object_get(args, "id");
+	char who[256];
+
+	if (!json_is_integer(id))
+		return pv_error_set(err, PV_ERR_USAGE, "silence remove: missing \"id\"");
+	peer_user(peer, who, sizeof(who));
+	if (!pv_daemon_silence_remove(ctx, json_integer_value(id), who, err))
+		return false;
+	*data = json_pack("{s:I}", "removed", json_integer_value(id));
+	return true;
+}
+
+static bool
+cmd_silences(void *ctx, const struct pv_ctl_peer *peer, json_t *args, json_t **data, struct pv_error *err)
+{
+	*data = json_pack("{s:o}", "silences",
+	                  pv_daemon_silences_json(ctx, json_is_true(json_object_get(args, "all"))));
+	return true;
+}
+
+static bool
+cmd_maintenance(void *ctx, const struct pv_ctl_peer *peer, json_t *args, json_t **data, struct pv_error *err)
+{
+	json_t *on = json_object_get(args, "on");
+	char who[256];
+
+	if (!json_is_boolean(on))
+		return pv_error_set(err, PV_ERR_USAGE, "maintenance: missing \"on\"");
+	peer_user(peer, who, sizeof(who));
+	return pv_daemon_maintenance(ctx, json_is_true(on), json_integer_value(json_object_get(args, "for")),
+	                             json_string_value(json_object_get(args, "comment")), who, data, err);
 }
 
 static bool
@@ -219,5 +288,9 @@ const struct pv_ctl_command pv_ctl_commands[] = {
         {.name = "restore-progress", .handler = pv_ctl_restore_progress},
         {.name = "report", .handler = pv_ctl_report},
         {.name = "alerts", .handler = cmd_alerts},
+        {.name = "silences", .handler = cmd_silences},
+        {.name = "silence-add", .mutating = true, .handler = cmd_silence_add},
+        {.name = "silence-remove", .mutating = true, .handler = cmd_silence_remove},
+        {.name = "maintenance", .mutating = true, .handler = cmd_maintenance},
         {.name = NULL},
 };

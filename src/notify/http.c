@@ -1,6 +1,6 @@
-/* HTTP client on the event loop: libcurl's multi_socket interface with libevent watching its sockets and
- * its timer (the pattern of curl's hiperfifo.c). libcurl is only ever called from our own event callbacks,
- * never from inside the socket, timer, write or header callbacks it calls. */
+/* HTTP client (and SMTP submission) on the event loop: libcurl's multi_socket interface with libevent
+ * watching its sockets and its timer (the pattern of curl's hiperfifo.c). libcurl is only ever called from
+ * our own event callbacks, never from inside the socket, timer, write or header callbacks it calls. */
 #include "notify/http.h"
 
 #include <ctype.h>
@@ -29,6 +29,8 @@ struct pv_http_req {
 	CURL *easy;
 	struct curl_slist *headers;
 	char *body;
+	size_t body_len, body_off; /* SMTP uploads read body from body_off */
+	struct curl_slist *rcpt;
 	char *url;
 	char *response;
 	size_t response_len, max_response;
@@ -142,6 +144,18 @@ write_cb(char *data, size_t size, size_t nmemb, void *userp)
 	return n;
 }
 
+/* SMTP uploads: the message, then 0 for its end. */
+static size_t
+read_cb(char *buf, size_t size, size_t nmemb, void *userp)
+{
+	struct pv_http_req *r = userp;
+	size_t room = size * nmemb, left = r->body_len - r->body_off, n = left < room ? left : room;
+
+	memcpy(buf, r->body + r->body_off, n);
+	r->body_off += n;
+	return n;
+}
+
 /* Remembers the Retry-After of the final response only: a status line starts a new response. */
 static size_t
 header_cb(char *data, size_t size, size_t nmemb, void *userp)
@@ -204,6 +218,9 @@ req_free(struct pv_http_req *r)
 		curl_easy_cleanup(r->easy);
 	}
 	curl_slist_free_all(r->headers);
+	curl_slist_free_all(r->rcpt);
+	if (r->body != NULL)
+		explicit_bzero(r->body, r->body_len);
 	free(r->body);
 	free(r->url);
 	free(r->response);
@@ -229,10 +246,13 @@ check_done(struct pv_http *http)
 			continue;
 		curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&r);
 		curl_easy_getinfo(easy, CURLINFO_TOTAL_TIME, &res.seconds);
+		res.curl_code = (int)rc;
 		if (rc == CURLE_OK) {
 			curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &res.status);
 			res.retry_after = parse_retry_after(r->retry_after);
 		} else {
+			if (r->rcpt != NULL)
+				curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &res.status);
 			res.timed_out = rc == CURLE_OPERATION_TIMEDOUT;
 			res.error = r->errbuf[0] != '\0' ? r->errbuf : curl_easy_strerror(rc);
 		}
@@ -308,9 +328,15 @@ pv_http_start(struct pv_http *http, const struct pv_http_request *req, pv_http_d
 	                                                                 : DEFAULT_CONNECT_TIMEOUT_MS;
 	const char *method = req->method != NULL ? req->method : req->body != NULL ? "POST" : "GET";
 	CURLcode rc = CURLE_OK;
+	bool smtp;
 
 	if (req->url == NULL || *req->url == '\0') {
 		pv_error_set(err, PV_ERR_USAGE, "http request without a url");
+		return NULL;
+	}
+	smtp = strncasecmp(req->url, "smtp://", 7) == 0 || strncasecmp(req->url, "smtps://", 8) == 0;
+	if (smtp && (req->mail_from == NULL || req->n_rcpt == 0)) {
+		pv_error_set(err, PV_ERR_USAGE, "smtp submission without a sender or recipients");
 		return NULL;
 	}
 	r = pv_calloc(1, sizeof(*r));
@@ -344,7 +370,7 @@ pv_http_start(struct pv_http *http, const struct pv_http_request *req, pv_http_d
 	} while (0)
 	SET(CURLOPT_NOSIGNAL, 1L);
 	SET(CURLOPT_URL, r->url);
-	SET(CURLOPT_PROTOCOLS_STR, "http,https");
+	SET(CURLOPT_PROTOCOLS_STR, smtp ? "smtp,smtps" : "http,https");
 	SET(CURLOPT_FOLLOWLOCATION, 0L);
 	SET(CURLOPT_PRIVATE, (void *)r);
 	SET(CURLOPT_ERRORBUFFER, r->errbuf);
@@ -356,9 +382,34 @@ pv_http_start(struct pv_http *http, const struct pv_http_request *req, pv_http_d
 	SET(CURLOPT_WRITEDATA, (void *)r);
 	SET(CURLOPT_HEADERFUNCTION, header_cb);
 	SET(CURLOPT_HEADERDATA, (void *)r);
-	if (strcmp(method, "GET") == 0) {
+	if (req->ca_file != NULL)
+		SET(CURLOPT_CAINFO, req->ca_file);
+	if (smtp) {
+		r->body_len = req->body_len;
+		r->body = pv_malloc(req->body_len + 1);
+		if (req->body_len > 0)
+			memcpy(r->body, req->body, req->body_len);
+		r->body[req->body_len] = '\0';
+		for (size_t i = 0; i < req->n_rcpt; i++)
+			r->rcpt = curl_slist_append(r->rcpt, req->mail_rcpt[i]);
+		if (r->rcpt == NULL)
+			abort();
+		SET(CURLOPT_MAIL_FROM, req->mail_from);
+		SET(CURLOPT_MAIL_RCPT, r->rcpt);
+		SET(CURLOPT_UPLOAD, 1L);
+		SET(CURLOPT_READFUNCTION, read_cb);
+		SET(CURLOPT_READDATA, (void *)r);
+		SET(CURLOPT_INFILESIZE_LARGE, (curl_off_t)req->body_len);
+		if (req->require_tls)
+			SET(CURLOPT_USE_SSL, (long)CURLUSESSL_ALL);
+		if (req->username != NULL)
+			SET(CURLOPT_USERNAME, req->username);
+		if (req->password != NULL)
+			SET(CURLOPT_PASSWORD, req->password);
+	} else if (strcmp(method, "GET") == 0) {
 		SET(CURLOPT_HTTPGET, 1L);
 	} else {
+		r->body_len = req->body_len;
 		r->body = pv_malloc(req->body_len + 1);
 		if (req->body_len > 0)
 			memcpy(r->body, req->body, req->body_len);

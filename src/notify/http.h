@@ -1,4 +1,5 @@
-/* Asynchronous HTTP requests on the event loop: libcurl's multi_socket interface driven by libevent. */
+/* Asynchronous HTTP requests and SMTP submissions on the event loop: libcurl's multi_socket interface driven
+ * by libevent. */
 #ifndef PV_NOTIFY_HTTP_H
 #define PV_NOTIFY_HTTP_H
 
@@ -14,8 +15,9 @@ struct pv_http_req;
 
 /* What to send. Everything is copied by pv_http_start, so it may be freed as soon as that returns. */
 struct pv_http_request {
-	const char *method;         /* "POST", "GET", ...; NULL = POST when there is a body, else GET */
-	const char *url;            /* http:// or https:// only; never logged (it may hold a secret) */
+	const char *method; /* "POST", "GET", ...; NULL = POST when there is a body, else GET */
+	const char
+	        *url; /* http://, https://, smtp:// or smtps:// only; never logged (it may hold a secret) */
 	const char *const *headers; /* "Name: value" lines */
 	size_t n_headers;
 	const void *body; /* may be NULL */
@@ -23,12 +25,23 @@ struct pv_http_request {
 	int64_t timeout_ms;         /* the whole exchange; 0 = 30 s */
 	int64_t connect_timeout_ms; /* 0 = the smaller of timeout_ms and 10 s */
 	size_t max_response; /* bytes of response body kept; 0 = 64 KiB; the rest is read and dropped */
+	const char *ca_file; /* trust these CA certificates instead of the system's; NULL = the system's */
+
+	/* smtp:// and smtps:// only: body is the whole RFC 5322 message (CRLF line ends), sent as is. */
+	const char *mail_from;        /* envelope sender, "<a@example.com>" */
+	const char *const *mail_rcpt; /* envelope recipients */
+	size_t n_rcpt;
+	const char *username; /* may be NULL */
+	const char *password; /* may be NULL; never logged */
+	bool require_tls;     /* smtp://: STARTTLS or fail (smtps:// is always TLS) */
 };
 
 /* How it went. Pointers are valid only during the callback. */
 struct pv_http_result {
-	long status;       /* the HTTP status; 0 when no complete answer arrived */
-	bool timed_out;    /* the request passed timeout_ms (status is then 0) */
+	long status;    /* HTTP: the status, 0 when no complete answer arrived. SMTP: the server's last reply
+	                 * code    (also when the submission failed), 0 when it never answered */
+	int curl_code;  /* libcurl's CURLcode: 0 when the transfer completed */
+	bool timed_out; /* the request passed timeout_ms (status is then 0) */
 	const char *error; /* NULL when status != 0; else what failed, e.g. "connection refused" */
 	const char *body;  /* NUL-terminated (may hold other NULs); "" when none */
 	size_t body_len;

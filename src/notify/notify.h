@@ -32,6 +32,9 @@ struct pv_notification {
 	char *threshold;
 	time_t at; /* when the condition was observed */
 	char *idempotency_key;
+	char *thread_key; /* the idempotency key of the first message about this alert (email threading), or
+	                     NULL */
+	char *text;       /* longer plain text (a digest's list of events), or NULL */
 };
 
 const char *pv_notify_status_name(enum pv_notify_status status); /* "firing", "resolved", "info" */
@@ -82,5 +85,21 @@ void pv_webhook_sign(const char *secret, const void *body, size_t len,
                      char out[PV_WEBHOOK_SIGNATURE_LEN + 1]);
 /* 2xx delivered; 400, 401, 403, 404 and 410 permanent; everything else retried. */
 enum pv_notify_verdict pv_webhook_classify(long status, const char *body);
+
+/* ---- email through SMTP (email.c) ---- */
+
+/*
+ * The whole RFC 5322 message, CRLF line ends: Date, From, To, Subject (RFC 2047 encoded when not ASCII),
+ * Message-ID <idempotency_key@domain of from>, In-Reply-To and References <thread_key@domain> when the
+ * message follows the alert's first one, Auto-Submitted: auto-generated, X-Auto-Response-Suppress: All,
+ * and a plain-text UTF-8 body of short lines, readable on a phone. `now` is the Date. Never NULL.
+ */
+char *pv_email_format(const struct pv_notification *n, const char *from, const char *const *to, size_t n_to,
+                      time_t now);
+/* The address in "Name <a@example.com>" or "a@example.com", as "<a@example.com>" for the SMTP envelope. */
+char *pv_email_envelope(const char *address);
+/* curl_code and the SMTP reply code from pv_http_result: delivered on success; permanent for 5xx replies,
+ * refused logins, a server without STARTTLS when it is required, and certificate failures; else retried. */
+enum pv_notify_verdict pv_email_classify(int curl_code, long smtp_code);
 
 #endif

@@ -102,6 +102,10 @@ pv_notification_to_json(const struct pv_notification *n)
 	set_str(o, "threshold", n->threshold);
 	json_object_set_new(o, "at", json_integer((json_int_t)n->at));
 	set_str(o, "idempotency_key", n->idempotency_key);
+	if (n->thread_key != NULL)
+		set_str(o, "thread_key", n->thread_key);
+	if (n->text != NULL)
+		set_str(o, "text", n->text);
 	text = json_dumps(o, JSON_COMPACT);
 	if (text == NULL)
 		abort();
@@ -137,6 +141,8 @@ pv_notification_from_json(const char *text, struct pv_notification *out, struct 
 	out->value = get_str(o, "value");
 	out->threshold = get_str(o, "threshold");
 	out->idempotency_key = get_str(o, "idempotency_key");
+	out->thread_key = get_str(o, "thread_key");
+	out->text = get_str(o, "text");
 	out->at = (time_t)json_integer_value(json_object_get(o, "at"));
 	if (out->notifier == NULL)
 		bad = "notifier";
@@ -169,6 +175,8 @@ pv_notification_clear(struct pv_notification *n)
 	free(n->value);
 	free(n->threshold);
 	free(n->idempotency_key);
+	free(n->thread_key);
+	free(n->text);
 	memset(n, 0, sizeof(*n));
 }
 
@@ -189,6 +197,12 @@ struct notifier {
 	char *url;    /* NULL when not configured */
 	char *secret; /* webhook HMAC secret or NULL */
 	int64_t max_age;
+	char *ca_file;
+	/* email */
+	bool require_tls;
+	char *username, *password, *from;
+	char **to;
+	size_t n_to;
 };
 
 /* One request in flight. */
@@ -315,13 +329,17 @@ backoff_ms(struct pv_outbox *ob, int64_t attempts)
 	return d / 2 + (int64_t)(rng_next(ob) % (uint64_t)(d / 2 + 1));
 }
 
-/* "HTTP 404: no_service", with the body made printable and cut. */
+/* "HTTP 404: no_service" (with the body made printable and cut) or "SMTP 535: Login denied". */
 static char *
-describe(const struct pv_http_result *res)
+describe(const struct pv_http_result *res, enum pv_notifier_type type)
 {
 	char body[ERROR_BODY_MAX + 1];
 	size_t n = 0;
 
+	if (type == PV_NOTIFIER_EMAIL)
+		return res->status != 0 ? pv_asprintf("SMTP %ld: %s", res->status,
+		                                      res->error != NULL ? res->error : "accepted")
+		                        : pv_asprintf("%s", res->error != NULL ? res->error : "no answer");
 	if (res->status == 0)
 		return pv_asprintf("%s", res->error != NULL ? res->error : "no answer");
 	for (size_t i = 0; i < res->body_len && n < ERROR_BODY_MAX; i++) {
@@ -363,7 +381,9 @@ on_done(const struct pv_http_result *res, void *arg)
 	char *why = NULL;
 
 	a->req = NULL;
-	if (res->status == 0)
+	if (a->type == PV_NOTIFIER_EMAIL)
+		verdict = pv_email_classify(res->curl_code, res->status);
+	else if (res->status == 0)
 		verdict = PV_NOTIFY_RETRY;
 	else if (a->type == PV_NOTIFIER_SLACK)
 		verdict = pv_slack_classify(res->status, res->body);
@@ -382,7 +402,7 @@ on_done(const struct pv_http_result *res, void *arg)
 		emit(ob, PV_OUTBOX_SENT, a->id, a->notifier, a->key, res->status, NULL, attempts, 0);
 		break;
 	case PV_NOTIFY_PERMANENT:
-		why = describe(res);
+		why = describe(res, a->type);
 		if (!pv_state_outbox_mark_failed(ob->st, a->id, why, &err))
 			pv_log_error("recording a failed notification failed id=%lld error=%s",
 			             (long long)a->id, pv_log_quote(err.msg));
@@ -398,7 +418,7 @@ on_done(const struct pv_http_result *res, void *arg)
 		int64_t delay = backoff_ms(ob, attempts), next,
 		        expiry = ((int64_t)a->created + a->max_age) * 1000;
 
-		why = describe(res);
+		why = describe(res, a->type);
 		if (res->status != 0 && res->retry_after >= 0 && (res->status == 429 || res->status == 503))
 			delay = res->retry_after * 1000;
 		if (res->status == 429 && now + delay > a->lane->blocked_until_ms)
@@ -486,26 +506,42 @@ send_one(struct pv_outbox *ob, const struct pv_state_outbox_msg *m, const struct
 	char key_header[512], sig[PV_WEBHOOK_SIGNATURE_LEN + 1], sig_header[128];
 	const char *headers[3];
 	struct attempt *a;
-	char *body;
+	char *body, *envelope_from = NULL, **rcpt = NULL;
 
 	if (!pv_notification_from_json(m->payload, &n, &err)) {
 		unsendable(ob, m, err.msg);
 		return;
 	}
-	body = nf->type == PV_NOTIFIER_SLACK ? pv_slack_format(&n) : pv_webhook_format(&n);
-	pv_notification_clear(&n);
-
-	headers[req.n_headers++] = "Content-Type: application/json";
-	snprintf(key_header, sizeof(key_header), PV_WEBHOOK_IDEMPOTENCY_HEADER ": %s", m->idempotency_key);
-	headers[req.n_headers++] = key_header;
-	if (nf->type == PV_NOTIFIER_WEBHOOK && nf->secret != NULL) {
-		pv_webhook_sign(nf->secret, body, strlen(body), sig);
-		snprintf(sig_header, sizeof(sig_header), PV_WEBHOOK_SIGNATURE_HEADER ": %s", sig);
-		headers[req.n_headers++] = sig_header;
+	if (nf->type == PV_NOTIFIER_EMAIL) {
+		body = pv_email_format(&n, nf->from != NULL ? nf->from : "pgvigil",
+		                       (const char *const *)nf->to, nf->n_to, (time_t)(now / 1000));
+		envelope_from = pv_email_envelope(nf->from != NULL ? nf->from : "pgvigil");
+		rcpt = pv_calloc(nf->n_to + 1, sizeof(char *));
+		for (size_t i = 0; i < nf->n_to; i++)
+			rcpt[i] = pv_email_envelope(nf->to[i]);
+		req.mail_from = envelope_from;
+		req.mail_rcpt = (const char *const *)rcpt;
+		req.n_rcpt = nf->n_to;
+		req.username = nf->username;
+		req.password = nf->password;
+		req.require_tls = nf->require_tls;
+	} else {
+		body = nf->type == PV_NOTIFIER_SLACK ? pv_slack_format(&n) : pv_webhook_format(&n);
+		headers[req.n_headers++] = "Content-Type: application/json";
+		snprintf(key_header, sizeof(key_header), PV_WEBHOOK_IDEMPOTENCY_HEADER ": %s",
+		         m->idempotency_key);
+		headers[req.n_headers++] = key_header;
+		if (nf->type == PV_NOTIFIER_WEBHOOK && nf->secret != NULL) {
+			pv_webhook_sign(nf->secret, body, strlen(body), sig);
+			snprintf(sig_header, sizeof(sig_header), PV_WEBHOOK_SIGNATURE_HEADER ": %s", sig);
+			headers[req.n_headers++] = sig_header;
+		}
+		req.method = "POST";
+		req.headers = headers;
 	}
-	req.method = "POST";
+	pv_notification_clear(&n);
 	req.url = nf->url;
-	req.headers = headers;
+	req.ca_file = nf->ca_file;
 	req.body = body;
 	req.body_len = strlen(body);
 	req.timeout_ms = ob->opt.request_timeout_ms;
@@ -522,6 +558,10 @@ send_one(struct pv_outbox *ob, const struct pv_state_outbox_msg *m, const struct
 	a->attempts = m->attempts;
 	a->req = pv_http_start(ob->http, &req, on_done, a, &err);
 	free(body);
+	free(envelope_from);
+	for (size_t i = 0; rcpt != NULL && rcpt[i] != NULL; i++)
+		free(rcpt[i]);
+	free(rcpt);
 	if (a->req == NULL) {
 		/* Not the endpoint's fault, and no attempt was made: try again after a backoff. */
 		pv_log_error("starting a notification request failed notifier=%s id=%lld error=%s",
@@ -577,7 +617,7 @@ pass(evutil_socket_t fd, short what, void *arg)
 			drop(ob, m, "notifier no longer configured");
 			continue;
 		}
-		if (nf->type != PV_NOTIFIER_SLACK && nf->type != PV_NOTIFIER_WEBHOOK)
+		if (nf->type == PV_NOTIFIER_HEARTBEAT)
 			continue;
 		if ((int64_t)m->created + nf->max_age <= now / 1000) {
 			char age[32], reason[64];
@@ -660,9 +700,19 @@ notifiers_free(struct notifier *v, size_t n)
 	for (size_t i = 0; i < n; i++) {
 		free(v[i].name);
 		free(v[i].url);
+		free(v[i].ca_file);
+		free(v[i].username);
+		free(v[i].from);
+		for (size_t k = 0; k < v[i].n_to; k++)
+			free(v[i].to[k]);
+		free(v[i].to);
 		if (v[i].secret != NULL) {
 			explicit_bzero(v[i].secret, strlen(v[i].secret));
 			free(v[i].secret);
+		}
+		if (v[i].password != NULL) {
+			explicit_bzero(v[i].password, strlen(v[i].password));
+			free(v[i].password);
 		}
 	}
 	free(v);
@@ -694,13 +744,27 @@ pv_outbox_set_notifiers(struct pv_outbox *ob, const struct pv_config_notifier *v
 	struct notifier *copy = pv_calloc(n > 0 ? n : 1, sizeof(*copy));
 
 	for (size_t i = 0; i < n; i++) {
-		const char *url = v[i].type == PV_NOTIFIER_SLACK ? v[i].webhook_url.value : v[i].url.value;
+		const char *url = v[i].type == PV_NOTIFIER_SLACK   ? v[i].webhook_url.value
+		                  : v[i].type == PV_NOTIFIER_EMAIL ? v[i].smtp_url
+		                                                   : v[i].url.value;
 
 		copy[i].name = pv_strdup(v[i].name);
 		copy[i].type = v[i].type;
 		copy[i].url = url != NULL ? pv_strdup(url) : NULL;
 		copy[i].secret = v[i].secret.value != NULL ? pv_strdup(v[i].secret.value) : NULL;
 		copy[i].max_age = v[i].max_age > 0 ? v[i].max_age : DEFAULT_MAX_AGE;
+		copy[i].ca_file = v[i].ca_file != NULL ? pv_strdup(v[i].ca_file) : NULL;
+		if (v[i].type == PV_NOTIFIER_EMAIL) {
+			copy[i].require_tls = v[i].starttls == PV_STARTTLS_REQUIRED;
+			copy[i].username = v[i].username != NULL ? pv_strdup(v[i].username) : NULL;
+			copy[i].password =
+			        v[i].password.value != NULL ? pv_strdup(v[i].password.value) : NULL;
+			copy[i].from = v[i].from != NULL ? pv_strdup(v[i].from) : NULL;
+			copy[i].n_to = v[i].to.n;
+			copy[i].to = pv_calloc(v[i].to.n + 1, sizeof(char *));
+			for (size_t k = 0; k < v[i].to.n; k++)
+				copy[i].to[k] = pv_strdup(v[i].to.v[k]);
+		}
 	}
 	notifiers_free(ob->notifiers, ob->n_notifiers);
 	ob->notifiers = copy;

@@ -28,7 +28,8 @@ struct pv_state;
  *   - a message older than its notifier's max_age is dropped with a warning instead of being sent;
  *   - at most one request at a time, and one start per slack_interval_ms, per Slack webhook URL.
  * A crash between a request and its mark sends the message again after restart with the same
- * idempotency key. Messages for notifiers of other types (email, heartbeat) are left for their senders.
+ * idempotency key. Email goes through the same client as an SMTP submission (pv_email_classify judges the
+ * answer); heartbeat notifiers carry no messages.
  */
 
 enum pv_outbox_event_kind { PV_OUTBOX_SENT, PV_OUTBOX_RETRY, PV_OUTBOX_FAILED, PV_OUTBOX_DROPPED };

@@ -10,6 +10,7 @@
 /* Per string, so that with every field at its cap the message stays under PV_SLACK_MAX_TEXT characters. */
 #define TITLE_MAX 300
 #define FIELD_MAX 300
+#define TEXT_MAX  900 /* a digest's list of events */
 
 /* Slack's own palette: "good", "warning" and "danger" hues, and a neutral blue for info events. */
 static const char *
@@ -144,6 +145,12 @@ pv_slack_format(const struct pv_notification *n)
 	}
 	att = json_pack("{s:s, s:s, s:s, s:o, s:s, s:I}", "color", colour(n), "fallback", fallback, "title",
 	                fallback, "fields", fields, "footer", "pgvigil", "ts", (json_int_t)n->at);
+	if (n->text != NULL) {
+		char *v = valid_utf8(n->text), *c = cut(v, TEXT_MAX);
+		json_object_set_new(att, "text", json_string(c));
+		free(v);
+		free(c);
+	}
 	root = json_pack("{s:s, s:[o]}", "text", fallback, "attachments", att);
 	if (root == NULL)
 		abort();

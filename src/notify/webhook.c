@@ -26,7 +26,9 @@
  *     "value": "26h",                        observed value, formatted for people; null when none
  *     "threshold": "24h",                    the rule's threshold, formatted; null when none
  *     "at": "2026-11-24T02:00:00Z",          when the condition was observed (UTC, RFC 3339)
- *     "at_unix": 1795485600
+ *     "at_unix": 1795485600,
+ *     "text": "…"                            longer plain text (a digest's events, one per line); null
+ *                                            when none
  *   }
  *
  * With secret_file, the request carries X-Pgvigil-Signature: sha256=<hex HMAC-SHA256 of the exact body
@@ -50,8 +52,8 @@ pv_webhook_format(const struct pv_notification *n)
 	json_object_set_new(root, "severity", json_string(pv_notify_severity_name(n->severity)));
 	json_object_set_new(root, "status", json_string(pv_notify_status_name(n->status)));
 	/* json_string(NULL) and invalid UTF-8 give NULL, which json_object_set_new refuses: use null. */
-	const char *names[] = {"database", "job", "title", "value", "threshold"};
-	const char *values[] = {n->database, n->job, n->title, n->value, n->threshold};
+	const char *names[] = {"database", "job", "title", "value", "threshold", "text"};
+	const char *values[] = {n->database, n->job, n->title, n->value, n->threshold, n->text};
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
 		json_t *v = values[i] != NULL ? json_string(values[i]) : NULL;
 		json_object_set_new(root, names[i], v != NULL ? v : json_null());

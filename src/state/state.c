@@ -111,6 +111,34 @@ static const char *const migrations[] = {
         ");\n"
         "CREATE INDEX outbox_due ON outbox (status, next_attempt, id);\n"
         "CREATE INDEX outbox_notifier ON outbox (notifier, status);\n",
+        /* 3 -> 4: silences and the alert log. A silence is never deleted, only removed (removed set),
+         * so `silence list --all` shows who silenced what. The alert log keeps every notification the
+         * alert engine produced, delivered or suppressed, for `alerts history`. */
+        "CREATE TABLE silences (\n"
+        "	id INTEGER PRIMARY KEY AUTOINCREMENT,\n"
+        "	rule TEXT NOT NULL,\n"
+        "	\"database\" TEXT,\n"
+        "	created INTEGER NOT NULL,\n"
+        "	until INTEGER NOT NULL,\n"
+        "	comment TEXT NOT NULL,\n"
+        "	author TEXT NOT NULL,\n"
+        "	removed INTEGER,\n"
+        "	removed_by TEXT\n"
+        ");\n"
+        "CREATE TABLE alert_log (\n"
+        "	id INTEGER PRIMARY KEY AUTOINCREMENT,\n"
+        "	at INTEGER NOT NULL,\n"
+        "	kind TEXT NOT NULL,\n"
+        "	rule TEXT NOT NULL,\n"
+        "	severity TEXT NOT NULL,\n"
+        "	fingerprint TEXT NOT NULL,\n"
+        "	\"database\" TEXT,\n"
+        "	job TEXT,\n"
+        "	value TEXT,\n"
+        "	threshold TEXT,\n"
+        "	suppressed TEXT\n"
+        ");\n"
+        "CREATE INDEX alert_log_at ON alert_log (at);\n",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -1908,5 +1936,242 @@ pv_state_outbox_msgs_free(struct pv_state_outbox_msg *v, size_t n)
 		return;
 	for (size_t i = 0; i < n; i++)
 		pv_state_outbox_msg_clear(&v[i]);
+	free(v);
+}
+
+/* Silences and the alert log (schema version 4): rare writes, prepared per call. */
+
+static sqlite3_stmt *
+prepare(struct pv_state *st, const char *sql, const char *doing, struct pv_error *err)
+{
+	sqlite3_stmt *s = NULL;
+
+	if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK) {
+		db_fail(st->db, err, "%s", doing);
+		sqlite3_finalize(s);
+		return NULL;
+	}
+	return s;
+}
+
+static bool
+finish_write(struct pv_state *st, sqlite3_stmt *s, int rc, const char *doing, struct pv_error *err)
+{
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(s);
+	if (rc != SQLITE_DONE)
+		db_fail(st->db, err, "%s", doing);
+	sqlite3_finalize(s);
+	return rc == SQLITE_DONE;
+}
+
+bool
+pv_state_silence_add(struct pv_state *st, const struct pv_state_silence *sil, int64_t *id,
+                     struct pv_error *err)
+{
+	const char *doing = "recording a silence";
+	sqlite3_stmt *s =
+	        prepare(st,
+	                "INSERT INTO silences (rule, \"database\", created, until, comment, author) "
+	                "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+	                doing, err);
+	int rc = SQLITE_OK;
+
+	if (s == NULL)
+		return false;
+	bind_text(s, 1, sil->rule, &rc);
+	bind_text(s, 2, sil->database, &rc);
+	bind_int64(s, 3, (int64_t)sil->created, &rc);
+	bind_int64(s, 4, (int64_t)sil->until, &rc);
+	bind_text(s, 5, sil->comment != NULL ? sil->comment : "", &rc);
+	bind_text(s, 6, sil->author != NULL ? sil->author : "", &rc);
+	if (!finish_write(st, s, rc, doing, err))
+		return false;
+	*id = sqlite3_last_insert_rowid(st->db);
+	return true;
+}
+
+bool
+pv_state_silences_list(struct pv_state *st, time_t active_at, struct pv_state_silence **out, size_t *n,
+                       struct pv_error *err)
+{
+	const char *doing = "listing silences";
+	sqlite3_stmt *s = prepare(st,
+	                          "SELECT id, rule, \"database\", created, until, comment, author, removed, "
+	                          "removed_by FROM silences WHERE ?1 = 0 OR (removed IS NULL AND until > ?1) "
+	                          "ORDER BY id",
+	                          doing, err);
+	struct pv_state_silence *v = NULL;
+	size_t count = 0;
+	int rc = SQLITE_OK;
+
+	*out = NULL;
+	*n = 0;
+	if (s == NULL)
+		return false;
+	bind_int64(s, 1, (int64_t)active_at, &rc);
+	while (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+		struct pv_state_silence *x;
+
+		v = pv_realloc(v, (count + 1) * sizeof(*v));
+		x = &v[count++];
+		x->id = sqlite3_column_int64(s, 0);
+		x->rule = col_text(s, 1);
+		x->database = col_text(s, 2);
+		x->created = (time_t)sqlite3_column_int64(s, 3);
+		x->until = (time_t)sqlite3_column_int64(s, 4);
+		x->comment = col_text(s, 5);
+		x->author = col_text(s, 6);
+		x->removed = (time_t)sqlite3_column_int64(s, 7);
+		x->removed_by = col_text(s, 8);
+		rc = SQLITE_OK;
+	}
+	if (rc != SQLITE_DONE) {
+		db_fail(st->db, err, "%s", doing);
+		sqlite3_finalize(s);
+		pv_state_silences_free(v, count);
+		return false;
+	}
+	sqlite3_finalize(s);
+	*out = v;
+	*n = count;
+	return true;
+}
+
+bool
+pv_state_silence_remove(struct pv_state *st, int64_t id, time_t at, const char *by, struct pv_error *err)
+{
+	const char *doing = "removing a silence";
+	sqlite3_stmt *s = prepare(st,
+	                          "UPDATE silences SET removed = ?2, removed_by = ?3 "
+	                          "WHERE id = ?1 AND removed IS NULL AND until > ?2",
+	                          doing, err);
+	int rc = SQLITE_OK;
+
+	if (s == NULL)
+		return false;
+	bind_int64(s, 1, id, &rc);
+	bind_int64(s, 2, (int64_t)at, &rc);
+	bind_text(s, 3, by != NULL ? by : "", &rc);
+	if (!finish_write(st, s, rc, doing, err))
+		return false;
+	if (sqlite3_changes(st->db) == 0)
+		return pv_error_set(err, PV_ERR_NOT_FOUND, "no active silence %lld", (long long)id);
+	return true;
+}
+
+void
+pv_state_silences_free(struct pv_state_silence *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(v[i].rule);
+		free(v[i].database);
+		free(v[i].comment);
+		free(v[i].author);
+		free(v[i].removed_by);
+	}
+	free(v);
+}
+
+bool
+pv_state_alert_log_add(struct pv_state *st, const struct pv_state_alert_event *e, time_t keep_after,
+                       struct pv_error *err)
+{
+	const char *doing = "recording an alert notification";
+	sqlite3_stmt *s =
+	        prepare(st,
+	                "INSERT INTO alert_log (at, kind, rule, severity, fingerprint, \"database\", "
+	                "job, value, threshold, suppressed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
+	                "?9, ?10)",
+	                doing, err);
+	int rc = SQLITE_OK;
+
+	if (s == NULL)
+		return false;
+	bind_int64(s, 1, (int64_t)e->at, &rc);
+	bind_text(s, 2, e->kind, &rc);
+	bind_text(s, 3, e->rule, &rc);
+	bind_text(s, 4, e->severity, &rc);
+	bind_text(s, 5, e->fingerprint, &rc);
+	bind_text(s, 6, e->database, &rc);
+	bind_text(s, 7, e->job, &rc);
+	bind_text(s, 8, e->value, &rc);
+	bind_text(s, 9, e->threshold, &rc);
+	bind_text(s, 10, e->suppressed, &rc);
+	if (!finish_write(st, s, rc, doing, err))
+		return false;
+	if (keep_after <= 0)
+		return true;
+	s = prepare(st, "DELETE FROM alert_log WHERE at < ?1", "pruning the alert log", err);
+	rc = SQLITE_OK;
+	if (s == NULL)
+		return false;
+	bind_int64(s, 1, (int64_t)keep_after, &rc);
+	return finish_write(st, s, rc, "pruning the alert log", err);
+}
+
+bool
+pv_state_alert_log_list(struct pv_state *st, int limit, struct pv_state_alert_event **out, size_t *n,
+                        struct pv_error *err)
+{
+	const char *doing = "listing the alert log";
+	sqlite3_stmt *s =
+	        prepare(st,
+	                "SELECT id, at, kind, rule, severity, fingerprint, \"database\", job, value, "
+	                "threshold, suppressed FROM alert_log ORDER BY id DESC LIMIT ?1",
+	                doing, err);
+	struct pv_state_alert_event *v = NULL;
+	size_t count = 0;
+	int rc = SQLITE_OK;
+
+	*out = NULL;
+	*n = 0;
+	if (s == NULL)
+		return false;
+	bind_int64(s, 1, limit > 0 ? limit : -1, &rc);
+	while (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+		struct pv_state_alert_event *x;
+
+		v = pv_realloc(v, (count + 1) * sizeof(*v));
+		x = &v[count++];
+		x->id = sqlite3_column_int64(s, 0);
+		x->at = (time_t)sqlite3_column_int64(s, 1);
+		x->kind = col_text(s, 2);
+		x->rule = col_text(s, 3);
+		x->severity = col_text(s, 4);
+		x->fingerprint = col_text(s, 5);
+		x->database = col_text(s, 6);
+		x->job = col_text(s, 7);
+		x->value = col_text(s, 8);
+		x->threshold = col_text(s, 9);
+		x->suppressed = col_text(s, 10);
+		rc = SQLITE_OK;
+	}
+	if (rc != SQLITE_DONE) {
+		db_fail(st->db, err, "%s", doing);
+		sqlite3_finalize(s);
+		pv_state_alert_events_free(v, count);
+		return false;
+	}
+	sqlite3_finalize(s);
+	*out = v;
+	*n = count;
+	return true;
+}
+
+void
+pv_state_alert_events_free(struct pv_state_alert_event *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(v[i].kind);
+		free(v[i].rule);
+		free(v[i].severity);
+		free(v[i].fingerprint);
+		free(v[i].database);
+		free(v[i].job);
+		free(v[i].value);
+		free(v[i].threshold);
+		free(v[i].suppressed);
+	}
 	free(v);
 }

@@ -224,4 +224,54 @@ bool pv_state_outbox_counts(struct pv_state *st, const char *notifier, struct pv
 void pv_state_outbox_msg_clear(struct pv_state_outbox_msg *m);
 void pv_state_outbox_msgs_free(struct pv_state_outbox_msg *v, size_t n);
 
+/*
+ * Silences (schema version 4): `rule` (for `database` only, unless NULL) is silenced while
+ * created <= now < until and it has not been removed. Rows are kept after they expire or are removed.
+ */
+struct pv_state_silence {
+	int64_t id;
+	char *rule;
+	char *database; /* or NULL: every database */
+	time_t created, until;
+	char *comment;
+	char *author;     /* the user who added it */
+	time_t removed;   /* 0 unless removed */
+	char *removed_by; /* or NULL */
+};
+
+/* Add one (id, removed and removed_by are ignored); sets *id. */
+bool pv_state_silence_add(struct pv_state *st, const struct pv_state_silence *sil, int64_t *id,
+                          struct pv_error *err);
+/* Silences active at active_at (not removed, until > active_at), or every silence ever when active_at is 0;
+ * oldest first. Free with pv_state_silences_free. */
+bool pv_state_silences_list(struct pv_state *st, time_t active_at, struct pv_state_silence **out, size_t *n,
+                            struct pv_error *err);
+/* End an active silence early; PV_ERR_NOT_FOUND when there is no active silence with that id. */
+bool pv_state_silence_remove(struct pv_state *st, int64_t id, time_t at, const char *by,
+                             struct pv_error *err);
+void pv_state_silences_free(struct pv_state_silence *v, size_t n);
+
+/* The alert log: one row per notification the alert engine produced, sent or suppressed. */
+struct pv_state_alert_event {
+	int64_t id;
+	time_t at;
+	char *kind; /* "firing", "repeat", "severity", "resolved", "event" */
+	char *rule;
+	char *severity; /* "info", "warning", "critical" */
+	char *fingerprint;
+	char *database;   /* or NULL */
+	char *job;        /* or NULL */
+	char *value;      /* or NULL */
+	char *threshold;  /* or NULL */
+	char *suppressed; /* NULL when delivered; else "silence 3" or "maintenance" */
+};
+
+/* Append one (id is ignored) and forget the rows older than keep_after (0: keep everything). */
+bool pv_state_alert_log_add(struct pv_state *st, const struct pv_state_alert_event *e, time_t keep_after,
+                            struct pv_error *err);
+/* The newest `limit` rows (<= 0: all), newest first. Free with pv_state_alert_events_free. */
+bool pv_state_alert_log_list(struct pv_state *st, int limit, struct pv_state_alert_event **out, size_t *n,
+                             struct pv_error *err);
+void pv_state_alert_events_free(struct pv_state_alert_event *v, size_t n);
+
 #endif

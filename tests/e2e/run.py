@@ -2166,6 +2166,518 @@ notifiers:
             other.stop()
 
 
+class ScriptedSink(WebhookSink):
+    """An HTTP sink whose answers follow a script: a list of (status, headers, body), the last repeated.
+    GET requests (heartbeats) are recorded too."""
+
+    def __init__(self, script=None, port=0):
+        import http.server
+        sink = self
+        self.received = []
+        self.lock = threading.Lock()
+        self.script = list(script or [(200, {}, b"ok")])
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def answer(self, body_in):
+                with sink.lock:
+                    status, headers, body = sink.script[0] if len(sink.script) == 1 else sink.script.pop(0)
+                    sink.received.append({"at": time.time(), "method": self.command, "path": self.path,
+                                          "headers": dict(self.headers), "body": body_in, "status": status})
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                self.answer(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+
+            def do_GET(self):
+                self.answer(b"")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def messages(self):
+        with self.lock:
+            return [dict(m, json=json.loads(m["body"])) for m in self.received if m["method"] == "POST"]
+
+    def gets(self):
+        with self.lock:
+            return [m for m in self.received if m["method"] == "GET"]
+
+
+class SmtpSink:
+    """A local SMTP server: EHLO, STARTTLS (with a test certificate), AUTH PLAIN/LOGIN, MAIL, RCPT, DATA.
+    Mail is refused before STARTTLS (530) and before a good login (530); a wrong password gets 535."""
+
+    def __init__(self, certfile, keyfile, user="alerts", password="smtp-secret"):
+        import ssl
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(certfile, keyfile)
+        self.user, self.password = user, password
+        self.mails = []
+        self.lock = threading.Lock()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.closed = False
+        threading.Thread(target=self.accept_loop, daemon=True).start()
+
+    def accept_loop(self):
+        while not self.closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.session, args=(conn,), daemon=True).start()
+
+    def session(self, conn):
+        import base64
+        f = conn.makefile("rb")
+        tls = authed = False
+        envelope = {}
+
+        def send(line):
+            conn.sendall(line.encode() + b"\r\n")
+
+        def readline():
+            return f.readline().decode(errors="replace").rstrip("\r\n")
+        try:
+            send("220 localhost ESMTP pgvigil-test")
+            while True:
+                line = readline()
+                if not line:
+                    return
+                verb = line.split(" ")[0].upper()
+                if verb in ("EHLO", "HELO"):
+                    send("250-localhost")
+                    if not tls:
+                        send("250-STARTTLS")
+                    send("250-AUTH PLAIN LOGIN")
+                    send("250 8BITMIME")
+                elif verb == "STARTTLS":
+                    send("220 go ahead")
+                    conn = self.ctx.wrap_socket(conn, server_side=True)
+                    f = conn.makefile("rb")
+                    tls = True
+                elif verb == "AUTH":
+                    parts = line.split(" ")
+                    if parts[1].upper() == "PLAIN":
+                        if len(parts) > 2:
+                            blob = parts[2]
+                        else:
+                            send("334 ")
+                            blob = readline()
+                        _, u, p = base64.b64decode(blob).decode().split("\0")
+                    else:
+                        send("334 VXNlcm5hbWU6")
+                        u = base64.b64decode(readline()).decode()
+                        send("334 UGFzc3dvcmQ6")
+                        p = base64.b64decode(readline()).decode()
+                    if (u, p) == (self.user, self.password):
+                        authed = True
+                        send("235 ok")
+                    else:
+                        send("535 5.7.8 Authentication credentials invalid")
+                elif verb == "MAIL":
+                    if not tls:
+                        send("530 5.7.0 Must issue a STARTTLS command first")
+                    elif not authed:
+                        send("530 5.7.0 Authentication required")
+                    else:
+                        envelope = {"from": line[10:], "rcpt": []}
+                        send("250 ok")
+                elif verb == "RCPT":
+                    envelope["rcpt"].append(line[8:])
+                    send("250 ok")
+                elif verb == "DATA":
+                    send("354 end with .")
+                    data = []
+                    while True:
+                        raw = f.readline()
+                        if raw in (b".\r\n", b""):
+                            break
+                        data.append(raw[1:] if raw.startswith(b"..") else raw)
+                    with self.lock:
+                        self.mails.append(dict(envelope, data=b"".join(data).decode(), tls=tls, at=time.time()))
+                    send("250 queued")
+                elif verb == "QUIT":
+                    send("221 bye")
+                    return
+                else:
+                    send("250 ok")
+        except (OSError, ValueError):
+            return
+        finally:
+            conn.close()
+
+    def messages(self):
+        import email
+        import email.policy
+        with self.lock:
+            mails = list(self.mails)
+        return [dict(m, msg=email.message_from_string(m["data"], policy=email.policy.default)) for m in mails]
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
+
+
+def test_certificate(dirname):
+    cert, key = os.path.join(dirname, "cert.pem"), os.path.join(dirname, "key.pem")
+    out = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                          "-days", "2", "-subj", "/CN=localhost", "-addext",
+                          "subjectAltName=IP:127.0.0.1,DNS:localhost"], capture_output=True, text=True)
+    check(out.returncode == 0, "openssl: " + out.stderr)
+    return cert, key
+
+
+def unreachable_config(d, cluster, notifiers, after="1s", group_wait="0s", extra_alerts=""):
+    """A daemon health-checking a database nobody listens for, so connectivity_lost becomes true
+    `after` after the start."""
+    extra = """  gone:
+    conninfo: "host=127.0.0.1 port=1 dbname=demo user=vigil connect_timeout=1"
+    password: env:DEMO_PASS
+"""
+    jobs = "  hc-gone: { type: health, database: gone, every: 1s, timeout: 5s }\n"
+    return base_config(d, cluster, jobs, extra_db=extra) + """alerts:
+  group_wait: %s
+  rules:
+    connectivity_lost: { after: %s }
+    backup_stale: { enabled: false }
+    rpo_breach: { enabled: false }
+%snotifiers:
+%s""" % (group_wait, after, extra_alerts, notifiers)
+
+
+def outbox_rows(d):
+    with d.db() as c:
+        return c.execute("SELECT id, notifier, status, attempts, idempotency_key, last_error FROM outbox "
+                         "ORDER BY id").fetchall()
+
+
+def firing_of(sink, rule="connectivity_lost"):
+    return [m for m in sink.messages() if m["status"] == 200 and m["json"]["rule"] == rule
+            and m["json"]["status"] == "firing"]
+
+
+@test
+def webhook_500_then_429_then_200_delivered_once(cluster):
+    """The sink fails with 500, then rate-limits with Retry-After: 2, then takes the message: one
+    delivery, after the wait, with the same idempotency key on every attempt."""
+    d = Daemon()
+    sink = ScriptedSink([(500, {}, b"oops"), (429, {"Retry-After": "2"}, b"slow down"), (200, {}, b"ok")])
+    try:
+        d.write_config(unreachable_config(d, cluster, '  hook: { type: webhook, url: "http://127.0.0.1:%d/h" }\n'
+                                          % sink.port))
+        d.start()
+        wait_for(lambda: firing_of(sink), 40, "the delivery after 500 and 429")
+        time.sleep(3)
+        with sink.lock:
+            got = [m for m in sink.received if json.loads(m["body"])["rule"] == "connectivity_lost"]
+        check([m["status"] for m in got] == [500, 429, 200], "answers: %r" % [m["status"] for m in got])
+        keys = {m["headers"].get("X-Pgvigil-Idempotency-Key") for m in got}
+        check(len(keys) == 1 and None not in keys, "idempotency keys: %r" % keys)
+        gap = got[2]["at"] - got[1]["at"]
+        check(gap >= 1.95, "retried %.2fs after the 429, Retry-After was 2s" % gap)
+        print("     500 -> retry after %.2fs; 429 Retry-After: 2 -> retry after %.2fs; 200 delivered once"
+              % (got[1]["at"] - got[0]["at"], gap), flush=True)
+        rows = [r for r in outbox_rows(d) if r[4] in keys]
+        check(len(rows) == 1 and rows[0][2] == "sent" and rows[0][3] == 3, "outbox: %r" % rows)
+        st = d.ctl_json("status")["notifications"]["hook"]
+        check(st["pending"] == 0 and st["failed"] == 0 and st["sent"] >= 1, "status: %r" % st)
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+        sink.close()
+
+
+@test
+def outbox_survives_sigkill_while_sink_down(cluster):
+    """The sink is down when the alert fires; the daemon is SIGKILLed with the message pending; both come
+    back: the message arrives once, with its original key, and the alert is not fired a second time."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    d = Daemon()
+    sink = None
+    try:
+        d.write_config(unreachable_config(d, cluster, '  hook: { type: webhook, url: "http://127.0.0.1:%d/h" }\n'
+                                          % port))
+        d.start()
+        wait_for(lambda: [r for r in outbox_rows(d) if r[2] == "pending" and r[3] >= 1], 30,
+                 "a failed attempt with the message still pending")
+        pending = [r for r in outbox_rows(d) if r[2] == "pending"]
+        d.proc.kill()
+        d.proc.wait()
+        sink = ScriptedSink(port=port)
+        d.start()
+        wait_for(lambda: firing_of(sink), 30, "the pending notification after the restart")
+        time.sleep(4)
+        got = firing_of(sink)
+        check(len(got) == 1, "delivered %d times" % len(got))
+        check(got[0]["headers"]["X-Pgvigil-Idempotency-Key"] == pending[0][4], "key changed across the restart")
+        rows = outbox_rows(d)
+        fired = [r for r in rows if r[4] == pending[0][4]]
+        check(len(fired) == 1 and fired[0][2] == "sent", "outbox after restart: %r" % rows)
+        check(len(rows) == len(pending), "new messages queued after the restart: %r" % rows)
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+        if sink is not None:
+            sink.close()
+
+
+@test
+def slack_no_service_breaks_and_email_tells_with_threading(cluster):
+    """Slack answers 404 no_service: not retried, notifier_broken goes out by email (SMTP with STARTTLS
+    and a login, test certificate); mail about one alert is threaded with References."""
+    d = Daemon(env_extra={"SMTP_PASS": "smtp-secret"})
+    slack = ScriptedSink([(404, {}, b"no_service")])
+    cert, key = test_certificate(d.dir)
+    smtp = SmtpSink(cert, key)
+    other = None
+    try:
+        other = Cluster(port=cluster.port + 3 if cluster.port < 39990 else cluster.port - 3)
+        extra = """  other:
+    conninfo: "host=127.0.0.1 port=%d dbname=demo user=vigil connect_timeout=1"
+    password: env:DEMO_PASS
+""" % other.port
+        jobs = "  hc-other: { type: health, database: other, every: 1s, timeout: 5s }\n"
+        d.write_config(base_config(d, cluster, jobs, extra_db=extra) + """alerts:
+  group_wait: 0s
+  rules:
+    connectivity_lost: { after: 1s }
+    backup_stale: { enabled: false }
+    rpo_breach: { enabled: false }
+notifiers:
+  slack-ops: { type: slack, webhook_url: "http://127.0.0.1:%d/services/T/B/X" }
+  oncall: { type: email, smtp_url: "smtp://127.0.0.1:%d", starttls: required, ca_file: %s,
+            username: alerts, password: env:SMTP_PASS, from: "pgvigil <pgvigil@example.org>",
+            to: [oncall@example.org, "Ops <ops@example.org>"], severities: [critical] }
+""" % (slack.port, smtp.port, cert))
+        d.start()
+        wait_for(lambda: [r for r in d.runs("hc-other") if r["result"] == "ok"], 15, "a good health run")
+        _pg_ctl(other, "-m", "immediate", "-w", "stop")
+
+        def mails(rule, status=None):
+            return [m for m in smtp.messages() if ("Rule:      " + rule) in m["data"]
+                    and (status is None or ("Status:    " + status) in m["data"])]
+        wait_for(lambda: mails("notifier_broken"), 40, "notifier_broken by email")
+        fire = wait_for(lambda: mails("connectivity_lost", "CRITICAL"), 20, "connectivity_lost by email")[0]
+        with slack.lock:
+            slack_tries = [m for m in slack.received if b"connectivity_lost" in m["body"]]
+        check(len(slack_tries) == 1, "slack tried %d times after a permanent error" % len(slack_tries))
+        broken = mails("notifier_broken")[0]
+        check("slack-ops" in broken["data"] and "no_service" in broken["data"], "broken mail:\n" + broken["data"])
+        m = fire["msg"]
+        for h in ("Date", "Message-ID", "From", "To", "Subject"):
+            check(m[h], "header %s missing:\n%s" % (h, fire["data"]))
+        check(m["Auto-Submitted"] == "auto-generated", "Auto-Submitted: %r" % m["Auto-Submitted"])
+        check(m["Message-ID"].endswith("@example.org>"), "Message-ID %r" % m["Message-ID"])
+        check("CRITICAL" in m["Subject"] and "connectivity_lost" in m["Subject"], "Subject %r" % m["Subject"])
+        check(fire["tls"] and fire["from"].startswith("<pgvigil@example.org>"), "envelope %r" % fire)
+        check(sorted(fire["rcpt"]) == ["<oncall@example.org>", "<ops@example.org>"], "rcpt %r" % fire["rcpt"])
+        check(m.get_content_type() == "text/plain" and "Database:  other" in m.get_content(), "body:\n" + fire["data"])
+        long_lines = [line for line in fire["data"].split("\r\n") if len(line) > 100]
+        check(not long_lines, "long lines in the mail: %r" % long_lines)
+
+        _pg_ctl(other, "-w", "start")
+        res = wait_for(lambda: [x for x in smtp.messages() if "RESOLVED" in x["msg"]["Subject"]
+                                and "connectivity_lost" in x["msg"]["Subject"]], 30, "the resolved mail")[0]["msg"]
+        check(res["References"] == m["Message-ID"] and res["In-Reply-To"] == m["Message-ID"],
+              "threading: References %r In-Reply-To %r, first %r" % (res["References"], res["In-Reply-To"],
+                                                                       m["Message-ID"]))
+        st = d.ctl_json("status")["notifications"]
+        check(st["slack-ops"]["failed"] >= 1 and st["oncall"]["failed"] == 0, "status: %r" % st)
+        check("smtp-secret" not in d.logtext(), "SMTP password logged")
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+        slack.close()
+        smtp.close()
+        if other is not None:
+            other.stop()
+
+
+@test
+def email_wrong_password_is_permanent_and_reported(cluster):
+    """A refused SMTP login is a permanent error: one attempt, the message marked failed, status says so."""
+    d = Daemon(env_extra={"SMTP_PASS": "not-the-password"})
+    cert, key = test_certificate(d.dir)
+    smtp = SmtpSink(cert, key)
+    try:
+        d.write_config(unreachable_config(d, cluster, """  oncall: { type: email, smtp_url: "smtp://127.0.0.1:%d", ca_file: %s,
+            username: alerts, password: env:SMTP_PASS, from: pgvigil@example.org, to: [oncall@example.org] }
+""" % (smtp.port, cert)))
+        d.start()
+        wait_for(lambda: [r for r in outbox_rows(d) if r[2] == "failed"], 30, "the failed message")
+        rows = outbox_rows(d)
+        check(rows[0][3] == 1 and "535" in (rows[0][5] or ""), "outbox: %r" % rows)
+        check(smtp.messages() == [], "mail accepted with a wrong password")
+        check("not-the-password" not in d.logtext(), "password logged")
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+        smtp.close()
+
+
+@test
+def silence_suppresses_then_its_expiry_delivers(cluster):
+    d = Daemon()
+    sink = ScriptedSink()
+    try:
+        d.write_config(unreachable_config(d, cluster, '  hook: { type: webhook, url: "http://127.0.0.1:%d/h" }\n'
+                                          % sink.port, after="3s"))
+        d.start()
+        out = d.ctl("silence", "add", "connectivity_lost", "gone", "--for", "8s", "--comment", "network work",
+                    check_rc=0).stdout
+        added = time.time()
+        check("silence 1 added" in out, "silence add: " + out)
+        # non-admins may list but not add or remove
+        d.ctl("silence", "add", "connectivity_lost", "--for", "1h", "--comment", "x", user="nobody", check_rc=1)
+        d.ctl("silence", "remove", "1", user="nobody", check_rc=1)
+        lst = d.ctl_json("silence", "list")["silences"]
+        check(len(lst) == 1 and lst[0]["author"] == "root" and lst[0]["comment"] == "network work"
+              and lst[0]["database"] == "gone", "silence list: %r" % lst)
+        check("network work" in d.ctl("silence", "list", user="nobody", check_rc=0).stdout, "list as nobody")
+        check("unknown rule" in d.ctl("silence", "add", "no_such_rule", "--for", "1h", "--comment", "x",
+                                      check_rc=2).stderr, "unknown rule message")
+        d.ctl("silence", "add", "connectivity_lost", "--comment", "x", check_rc=2)
+        d.ctl("silence", "add", "connectivity_lost", "nodb", "--for", "1h", "--comment", "x", check_rc=2)
+
+        wait_for(lambda: [a for a in d.ctl_json("alerts")["alerts"] if a["status"] == "firing"], 20, "the alert firing")
+        hist = d.ctl_json("alerts", "history")["alerts"]
+        check([h for h in hist if h["rule"] == "connectivity_lost" and h["suppressed"] == "silence 1"],
+              "history: %r" % hist)
+        check(firing_of(sink) == [], "delivered while silenced")
+        got = wait_for(lambda: firing_of(sink), 20, "the notification once the silence ended")
+        check(got[0]["at"] >= added + 7.5, "delivered %.1fs after the silence, which lasts 8s" % (got[0]["at"] - added))
+        print("     silenced for 8s; delivered %.1fs after the silence was added" % (got[0]["at"] - added), flush=True)
+        check(d.ctl_json("silence", "list")["silences"] == [], "expired silence still listed")
+        check(len(d.ctl_json("silence", "list", "--all")["silences"]) == 1, "silence history")
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+        sink.close()
+
+
+@test
+def maintenance_holds_back_until_off(cluster):
+    d = Daemon()
+    sink = ScriptedSink()
+    try:
+        d.write_config(unreachable_config(d, cluster, '  hook: { type: webhook, url: "http://127.0.0.1:%d/h" }\n'
+                                          % sink.port, after="2s"))
+        d.start()
+        d.ctl("maintenance", "on", "--for", "1h", "--comment", "upgrade", check_rc=0)
+        d.ctl("maintenance", "off", user="nobody", check_rc=1)
+        st = d.ctl_json("status")
+        check(st["maintenance"] and st["maintenance"]["author"] == "root", "status: %r" % st["maintenance"])
+        check("maintenance: on" in d.ctl("status", check_rc=0).stdout, "status text")
+        wait_for(lambda: [h for h in d.ctl_json("alerts", "history")["alerts"] if h["suppressed"] == "maintenance"],
+                 20, "a notification held back by maintenance")
+        time.sleep(1)
+        check(firing_of(sink) == [], "delivered during maintenance")
+        off = time.time()
+        d.ctl("maintenance", "off", check_rc=0)
+        got = wait_for(lambda: firing_of(sink), 10, "the notification after maintenance off")
+        print("     delivered %.2fs after maintenance off" % (got[0]["at"] - off), flush=True)
+        check(d.ctl_json("status")["maintenance"] is None, "maintenance still on")
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+        sink.close()
+
+
+@test
+def group_wait_swallows_a_flap(cluster):
+    """PostgreSQL gone for about two seconds with connectivity_lost after 1s and group_wait 8s: the alert
+    becomes pending and resolves inside group_wait, so nothing is ever sent."""
+    d = Daemon()
+    sink = ScriptedSink()
+    other = None
+    try:
+        other = Cluster(port=cluster.port + 4 if cluster.port < 39990 else cluster.port - 4)
+        extra = """  other:
+    conninfo: "host=127.0.0.1 port=%d dbname=demo user=vigil connect_timeout=1"
+    password: env:DEMO_PASS
+""" % other.port
+        jobs = "  hc-other: { type: health, database: other, every: 1s, timeout: 5s }\n"
+        d.write_config(base_config(d, cluster, jobs, extra_db=extra) + """alerts:
+  group_wait: 8s
+  rules:
+    connectivity_lost: { after: 1s }
+    backup_stale: { enabled: false }
+    rpo_breach: { enabled: false }
+notifiers:
+  hook: { type: webhook, url: "http://127.0.0.1:%d/h" }
+""" % sink.port)
+        d.start()
+        wait_for(lambda: [r for r in d.runs("hc-other") if r["result"] == "ok"], 15, "a good health run")
+        _pg_ctl(other, "-m", "immediate", "-w", "stop")
+        wait_for(lambda: [a for a in d.ctl_json("alerts")["alerts"] if a["rule"] == "connectivity_lost"
+                          and a["status"] == "pending"], 15, "the alert pending")
+        _pg_ctl(other, "-w", "start")
+        wait_for(lambda: not d.ctl_json("alerts")["alerts"], 15, "the pending alert to go away")
+        time.sleep(9)
+        check(sink.messages() == [], "a flap inside group_wait was sent: %r" % [m["json"] for m in sink.messages()])
+        check(not [h for h in d.ctl_json("alerts", "history")["alerts"] if h["rule"] == "connectivity_lost"],
+              "the flap reached the alert log")
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+        sink.close()
+        if other is not None:
+            other.stop()
+
+
+@test
+def heartbeat_pings_and_digest_gathers_info(cluster):
+    """A heartbeat every 2s reaches its URL; info events for a notifier with a digest arrive as one
+    message at the next minute, not one by one."""
+    d = Daemon()
+    sink = ScriptedSink()
+    try:
+        jobs = "  bk: { type: backup, database: demo, every: 4s, keep: 2 }\n"
+        d.write_config(base_config(d, cluster, jobs) + """alerts:
+  group_wait: 0s
+  rules:
+    backup_stale: { enabled: false }
+    rpo_breach: { enabled: false }
+notifiers:
+  hb: { type: heartbeat, url: "http://127.0.0.1:%d/ping", every: 2s }
+  weekly: { type: webhook, url: "http://127.0.0.1:%d/digest", severities: [info], digest: "* * * * *" }
+""" % (sink.port, sink.port))
+        d.start()
+        pings = wait_for(lambda: len(sink.gets()) >= 3 and sink.gets(), 15, "three heartbeats")
+        gaps = [b["at"] - a["at"] for a, b in zip(pings, pings[1:])]
+        check(all(1.5 < g < 3.5 for g in gaps[:2]), "heartbeat gaps %r" % gaps)
+        check(pings[0]["path"] == "/ping", "path %r" % pings[0]["path"])
+        check(d.ctl_json("status")["heartbeats"]["hb"]["pings"] >= 3, "status heartbeats")
+        wait_for(lambda: [r for r in d.runs("bk") if r["result"] == "ok"], 30, "a backup")
+        digest = wait_for(lambda: [m for m in sink.messages() if m["json"]["rule"] == "digest"], 75, "the digest")
+        body = digest[0]["json"]
+        check(not [m for m in sink.messages() if m["json"]["rule"] == "backup_succeeded"],
+              "backup_succeeded sent on its own despite the digest")
+        check("backup_succeeded" in body["text"] and body["status"] == "info", "digest: %r" % body)
+        print("     digest: %s" % body["title"], flush=True)
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+        sink.close()
+
+
 @test
 def probe_leftover_with_a_session_dropped_at_start(cluster):
     """A leftover scratch database that someone is still connected to: the plain DROP fails, the

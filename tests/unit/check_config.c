@@ -206,6 +206,12 @@ static const struct error_case error_cases[] = {
          "notifiers:\n  m:\n    type: email\n    smtp_url: smtp://h\n    starttls: maybe\n    from: a@b\n    "
          "to: [c@d]\n",
          PV_ERR_CONFIG_VALUE, "5:5", "notifiers.m.starttls", "expected required, implicit or none"},
+        {"bad_enum_heartbeat_method",
+         "notifiers:\n  hb: { type: heartbeat, url: \"https://x\", method: PUT }\n", PV_ERR_CONFIG_VALUE,
+         "2:44", "notifiers.hb.method", "expected GET or POST, got \"PUT\""},
+        {"unreadable_ca_file",
+         "notifiers:\n  s: { type: slack, webhook_url: \"https://x\", ca_file: /nonexistent/ca.pem }\n",
+         PV_ERR_CONFIG_VALUE, "2:47", "notifiers.s.ca_file", "cannot read \"/nonexistent/ca.pem\""},
         {"bad_enum_notifier_type", "notifiers:\n  p: { type: pager }\n", PV_ERR_CONFIG_VALUE, "2:8",
          "notifiers.p.type", "expected slack, webhook, email or heartbeat, got \"pager\""},
         {"bad_enum_job_type", BASE_DB "jobs:\n  x: { type: vacuum, every: 1h }\n", PV_ERR_CONFIG_VALUE, "5:8",

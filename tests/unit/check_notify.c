@@ -1,6 +1,7 @@
 /* Unit tests for src/notify: formatters, the curl-on-libevent client and the outbox sender against an
  * in-process HTTP sink (libevent's evhttp on 127.0.0.1, in the same event loop). */
 #include <check.h>
+#include <curl/curl.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -23,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "notify/heartbeat.h"
 #include "notify/http.h"
 #include "notify/notify.h"
 #include "notify/outbox.h"
@@ -1310,6 +1312,184 @@ START_TEST(test_notify__throughput_1000)
 }
 END_TEST
 
+/* The email message: headers for threading and auto-replies, a readable body, no header injection. */
+START_TEST(test_notify__email_format)
+{
+	struct pv_notification n = {0};
+	const char *to[] = {"oncall@example.com", "Ops <ops@example.com>"};
+	char *msg, *env;
+
+	n.notifier = "oncall";
+	n.rule = "connectivity_lost";
+	n.severity = PV_SEV_CRITICAL;
+	n.status = PV_NOTIFY_RESOLVED;
+	n.database = "production";
+	n.title = "resolved: connectivity_lost on production\r\nBcc: evil@example.com";
+	n.value = "unreachable for 6m";
+	n.threshold = "5m";
+	n.at = 1795485600; /* 2026-11-24 02:00:00 UTC */
+	n.idempotency_key = "pgvigil-aaaa";
+	n.thread_key = "pgvigil-root";
+	msg = pv_email_format(&n, "pgvigil <alerts@example.org>", to, 2, 1795485660);
+
+	ck_assert_msg(strstr(msg, "Date: Tue, 24 Nov 2026 02:01:00 +0000\r\n") != NULL, "%s", msg);
+	ck_assert(strstr(msg, "From: pgvigil <alerts@example.org>\r\n") != NULL);
+	ck_assert(strstr(msg, "To: oncall@example.com,\r\n Ops <ops@example.com>\r\n") != NULL);
+	ck_assert(strstr(msg, "Message-ID: <pgvigil-aaaa@example.org>\r\n") != NULL);
+	ck_assert(strstr(msg, "In-Reply-To: <pgvigil-root@example.org>\r\n") != NULL);
+	ck_assert(strstr(msg, "References: <pgvigil-root@example.org>\r\n") != NULL);
+	ck_assert(strstr(msg, "Auto-Submitted: auto-generated\r\n") != NULL);
+	ck_assert(strstr(msg, "Content-Type: text/plain; charset=utf-8\r\n") != NULL);
+	/* The CR LF in the title cannot start a header of its own. */
+	ck_assert_msg(strstr(msg, "\r\nBcc:") == NULL, "%s", msg);
+	ck_assert(
+	        strstr(msg, "Subject: [pgvigil RESOLVED] resolved: connectivity_lost on production  Bcc:") !=
+	        NULL);
+	ck_assert(strstr(msg, "\r\n\r\n") != NULL);
+	ck_assert(strstr(msg, "Threshold: 5m\r\n") != NULL);
+	ck_assert(strstr(msg, "Time:      2026-11-24 02:00:00 UTC\r\n") != NULL);
+	/* Every line short enough for a phone and for SMTP; no bare LF. */
+	for (const char *p = msg, *nl; (nl = strchr(p, '\n')) != NULL; p = nl + 1) {
+		ck_assert_msg(nl > msg && nl[-1] == '\r', "bare LF at %ld", (long)(nl - msg));
+		ck_assert_int_lt(nl - p, 998);
+	}
+	free(msg);
+
+	/* The first message of an alert starts the thread; non-ASCII subjects are RFC 2047 words. */
+	n.thread_key = "pgvigil-aaaa";
+	n.title = "backup_stale on base_données: 26h";
+	n.status = PV_NOTIFY_FIRING;
+	msg = pv_email_format(&n, "alerts@example.org", to, 1, 1795485660);
+	ck_assert(strstr(msg, "In-Reply-To:") == NULL && strstr(msg, "References:") == NULL);
+	ck_assert_msg(strstr(msg, "Subject: =?UTF-8?B?") != NULL, "%s", msg);
+	ck_assert(strstr(msg, "Message-ID: <pgvigil-aaaa@example.org>") != NULL);
+	free(msg);
+
+	env = pv_email_envelope("Ops Team <ops@example.com>");
+	ck_assert_str_eq(env, "<ops@example.com>");
+	free(env);
+	env = pv_email_envelope("ops@example.com");
+	ck_assert_str_eq(env, "<ops@example.com>");
+	free(env);
+}
+END_TEST
+
+START_TEST(test_notify__email_classify)
+{
+	ck_assert_int_eq(pv_email_classify(CURLE_OK, 250), PV_NOTIFY_DELIVERED);
+	ck_assert_int_eq(pv_email_classify(CURLE_LOGIN_DENIED, 535), PV_NOTIFY_PERMANENT);
+	ck_assert_int_eq(pv_email_classify(CURLE_SEND_ERROR, 550), PV_NOTIFY_PERMANENT);
+	ck_assert_int_eq(pv_email_classify(CURLE_SEND_ERROR, 451), PV_NOTIFY_RETRY);
+	ck_assert_int_eq(pv_email_classify(CURLE_USE_SSL_FAILED, 0), PV_NOTIFY_PERMANENT);
+	ck_assert_int_eq(pv_email_classify(CURLE_PEER_FAILED_VERIFICATION, 0), PV_NOTIFY_PERMANENT);
+	ck_assert_int_eq(pv_email_classify(CURLE_COULDNT_CONNECT, 0), PV_NOTIFY_RETRY);
+	ck_assert_int_eq(pv_email_classify(CURLE_OPERATION_TIMEDOUT, 0), PV_NOTIFY_RETRY);
+	ck_assert_int_eq(pv_email_classify(CURLE_RECV_ERROR, 421), PV_NOTIFY_RETRY);
+}
+END_TEST
+
+/* Digest text and thread keys survive the outbox payload. */
+START_TEST(test_notify__payload_keeps_thread_and_text)
+{
+	struct pv_notification n = {0}, back;
+	struct pv_error err = {0};
+	char *json;
+
+	n.notifier = "mail";
+	n.rule = "digest";
+	n.status = PV_NOTIFY_INFO;
+	n.at = 5;
+	n.thread_key = "pgvigil-t";
+	n.text = "line one\nline two";
+	json = pv_notification_to_json(&n);
+	ck_assert_msg(pv_notification_from_json(json, &back, &err), "%s", err.msg);
+	ck_assert_str_eq(back.thread_key, "pgvigil-t");
+	ck_assert_str_eq(back.text, "line one\nline two");
+	pv_notification_clear(&back);
+	free(json);
+}
+END_TEST
+
+/* ---- heartbeat ---- */
+
+static bool hb_is_healthy;
+
+static bool
+hb_healthy(void *arg, char *why, size_t size)
+{
+	if (!hb_is_healthy)
+		snprintf(why, size, "test says no");
+	return hb_is_healthy;
+}
+
+static void
+run_for(struct event_base *base, int ms)
+{
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+
+	event_base_loopexit(base, &tv);
+	event_base_dispatch(base);
+}
+
+/* Pings every `every` while healthy, none while not (counted as skipped), the first one at once. */
+START_TEST(test_notify__heartbeat_only_while_healthy)
+{
+	struct event_base *base = event_base_new();
+	struct pv_error err = {0};
+	struct pv_http *http = pv_http_new(base, &err);
+	struct sink sink = {0};
+	struct pv_config_notifier nf = {0};
+	struct pv_heartbeat *hb;
+	char url[128];
+	json_t *st;
+
+	ck_assert_ptr_nonnull(http);
+	sink_start(&sink, base, 0);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/ping/abc", sink.port);
+	nf.name = "deadman";
+	nf.type = PV_NOTIFIER_HEARTBEAT;
+	nf.url.value = url;
+	nf.every = 1;
+	hb_is_healthy = false;
+	hb = pv_heartbeat_new(base, http, hb_healthy, NULL);
+	pv_heartbeat_set_notifiers(hb, &nf, 1);
+	run_for(base, 2300);
+	ck_assert_uint_eq(sink.n_got, 0);
+	st = pv_heartbeat_status_json(hb);
+	ck_assert_int_ge(json_integer_value(json_object_get(json_object_get(st, "deadman"), "skipped")), 3);
+	json_decref(st);
+
+	hb_is_healthy = true;
+	run_for(base, 2300);
+	ck_assert_uint_ge(sink.n_got, 2);
+	ck_assert_uint_le(sink.n_got, 3);
+	ck_assert_str_eq(sink.got[0].path, "/ping/abc");
+	ck_assert_str_eq(sink.got[0].body, "");
+	st = pv_heartbeat_status_json(hb);
+	ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(st, "deadman"), "pings")),
+	                 (json_int_t)sink.n_got);
+	ck_assert_ptr_nonnull(json_string_value(json_object_get(json_object_get(st, "deadman"), "last_ok")));
+	json_decref(st);
+
+	/* The endpoint failing is counted, and the pings go on. */
+	sink.script[0] = (struct reply){503, "down", NULL, false};
+	sink.script[1] = (struct reply){503, "down", NULL, false};
+	sink.n_script = 2;
+	sink.next = 0;
+	run_for(base, 1500);
+	st = pv_heartbeat_status_json(hb);
+	ck_assert_int_ge(json_integer_value(json_object_get(json_object_get(st, "deadman"), "failures")), 1);
+	ck_assert_str_eq(json_string_value(json_object_get(json_object_get(st, "deadman"), "last_error")),
+	                 "HTTP 503");
+	json_decref(st);
+
+	pv_heartbeat_free(hb);
+	sink_stop(&sink);
+	pv_http_free(http);
+	event_base_free(base);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -1341,6 +1521,10 @@ main(void)
 	tcase_add_test(tc, test_notify__redelivery_after_crash_keeps_key);
 	tcase_add_test(tc, test_notify__hmac_signature_verified_by_sink);
 	tcase_add_test(tc, test_notify__loop_never_blocks);
+	tcase_add_test(tc, test_notify__email_format);
+	tcase_add_test(tc, test_notify__heartbeat_only_while_healthy);
+	tcase_add_test(tc, test_notify__email_classify);
+	tcase_add_test(tc, test_notify__payload_keeps_thread_and_text);
 	suite_add_tcase(s, tc);
 
 	tcase_add_unchecked_fixture(slow, base_setup, base_teardown);

@@ -1705,7 +1705,7 @@ START_TEST(test_state__outbox_migration_from_v2)
 	add_ok(st, "production", "daily", "A", 1000);
 	pv_state_close(st);
 	db = raw_open(path);
-	raw_exec(db, "DROP TABLE outbox; PRAGMA user_version = 2");
+	raw_exec(db, "DROP TABLE outbox; DROP TABLE silences; DROP TABLE alert_log; PRAGMA user_version = 2");
 	sqlite3_close(db);
 
 	capture_begin(logf);
@@ -1729,6 +1729,125 @@ START_TEST(test_state__outbox_migration_from_v2)
 	                         "'outbox_notifier')"),
 	                 3);
 	sqlite3_close(db);
+}
+END_TEST
+
+/* Silences: added, listed while active, removed once, expired ones only in the full list. */
+START_TEST(test_state__silences)
+{
+	TEST_PATHS();
+	struct pv_state *st = open_ok(path);
+	struct pv_error err = {0};
+	struct pv_state_silence a = {.rule = "backup_stale",
+	                             .database = "production",
+	                             .created = 1000,
+	                             .until = 2000,
+	                             .comment = "restore drill",
+	                             .author = "alice"};
+	struct pv_state_silence b = {.rule = "connectivity_lost",
+	                             .created = 1000,
+	                             .until = 1500,
+	                             .comment = "network work",
+	                             .author = "bob"};
+	struct pv_state_silence *v;
+	int64_t ida, idb;
+	size_t n;
+
+	ck_assert_msg(pv_state_silence_add(st, &a, &ida, &err), "%s", err.msg);
+	ck_assert(pv_state_silence_add(st, &b, &idb, &err));
+	ck_assert_int_gt(idb, ida);
+
+	ck_assert(pv_state_silences_list(st, 1200, &v, &n, &err));
+	ck_assert_uint_eq(n, 2);
+	ck_assert_str_eq(v[0].rule, "backup_stale");
+	ck_assert_str_eq(v[0].database, "production");
+	ck_assert_str_eq(v[0].author, "alice");
+	ck_assert_ptr_null(v[1].database);
+	pv_state_silences_free(v, n);
+
+	/* b ends at 1500: not active at 1500 itself. */
+	ck_assert(pv_state_silences_list(st, 1500, &v, &n, &err));
+	ck_assert_uint_eq(n, 1);
+	ck_assert_int_eq(v[0].id, ida);
+	pv_state_silences_free(v, n);
+
+	ck_assert(pv_state_silence_remove(st, ida, 1600, "carol", &err));
+	ck_assert(!pv_state_silence_remove(st, ida, 1601, "carol", &err));
+	ck_assert_int_eq(err.code, PV_ERR_NOT_FOUND);
+	ck_assert(!pv_state_silence_remove(st, idb, 1601, "carol", &err)); /* expired */
+	ck_assert(pv_state_silences_list(st, 1700, &v, &n, &err));
+	ck_assert_uint_eq(n, 0);
+	pv_state_silences_free(v, n);
+
+	ck_assert(pv_state_silences_list(st, 0, &v, &n, &err));
+	ck_assert_uint_eq(n, 2);
+	ck_assert_int_eq(v[0].removed, 1600);
+	ck_assert_str_eq(v[0].removed_by, "carol");
+	ck_assert_int_eq(v[1].removed, 0);
+	pv_state_silences_free(v, n);
+	pv_state_close(st);
+}
+END_TEST
+
+/* The alert log: newest first, limited, pruned by age, suppression kept. */
+START_TEST(test_state__alert_log)
+{
+	TEST_PATHS();
+	struct pv_state *st = open_ok(path);
+	struct pv_error err = {0};
+	struct pv_state_alert_event *v;
+	size_t n;
+
+	for (int i = 0; i < 5; i++) {
+		struct pv_state_alert_event e = {.at = 1000 + i * 100,
+		                                 .kind = "firing",
+		                                 .rule = "backup_stale",
+		                                 .severity = "critical",
+		                                 .fingerprint = "backup_stale/production",
+		                                 .database = "production",
+		                                 .value = "26h",
+		                                 .suppressed = i == 2 ? "silence 7" : NULL};
+		ck_assert_msg(pv_state_alert_log_add(st, &e, i == 4 ? 1150 : 0, &err), "%s", err.msg);
+	}
+	ck_assert(pv_state_alert_log_list(st, 0, &v, &n, &err));
+	ck_assert_uint_eq(n, 3); /* 1000 and 1100 are older than 1150 */
+	ck_assert_int_eq(v[0].at, 1400);
+	ck_assert_str_eq(v[2].suppressed, "silence 7");
+	ck_assert_ptr_null(v[0].suppressed);
+	ck_assert_ptr_null(v[0].job);
+	pv_state_alert_events_free(v, n);
+	ck_assert(pv_state_alert_log_list(st, 2, &v, &n, &err));
+	ck_assert_uint_eq(n, 2);
+	pv_state_alert_events_free(v, n);
+	pv_state_close(st);
+}
+END_TEST
+
+/* A version 3 database gains the silence and alert log tables and keeps its outbox. */
+START_TEST(test_state__migration_v3_to_v4)
+{
+	TEST_PATHS();
+	struct pv_state *st = open_ok(path);
+	struct pv_error err = {0};
+	struct pv_state_silence a = {
+	        .rule = "rpo_breach", .created = 1, .until = 2, .comment = "c", .author = "a"};
+	int64_t id;
+	sqlite3 *db;
+
+	outbox_add_ok(st, "hook", 1, 1000, "k3");
+	pv_state_close(st);
+	db = raw_open(path);
+	raw_exec(db, "DROP TABLE silences; DROP TABLE alert_log; PRAGMA user_version = 3");
+	sqlite3_close(db);
+	st = open_ok(path);
+	ck_assert_int_eq(pv_state_schema_version(st), 4);
+	ck_assert(pv_state_silence_add(st, &a, &id, &err));
+	{
+		struct pv_state_outbox_counts c;
+		ck_assert(pv_state_outbox_counts(st, "hook", &c, &err));
+		ck_assert_int_eq(c.pending, 1);
+	}
+	pv_state_close(st);
 }
 END_TEST
 
@@ -1763,6 +1882,9 @@ main(void)
 	tcase_add_test(tc, test_state__backup_in_use_and_delete);
 	tcase_add_test(tc, test_state__outbox_add_due_marks);
 	tcase_add_test(tc, test_state__outbox_migration_from_v2);
+	tcase_add_test(tc, test_state__silences);
+	tcase_add_test(tc, test_state__alert_log);
+	tcase_add_test(tc, test_state__migration_v3_to_v4);
 	suite_add_tcase(s, tc);
 
 	/* busy_timeout is 5 s, and the kill -9 loop runs several children. */
