@@ -687,6 +687,19 @@ pv_metrics_render(const struct pv_metrics_view *v, struct pv_metrics_runs *runs,
 	        "while it is not growing.",
 	        "pgvigil_storage_forecast_full_timestamp_seconds");
 
+	{
+		struct pv_state_silence *sil = NULL;
+		struct pv_error err;
+		size_t n = 0;
+		family(&o, "pgvigil_silences_active", "gauge",
+		       "Silences in force now (pgvigilctl silence): their alerts are evaluated but not "
+		       "sent.");
+		if (pv_state_silences_list(v->state, v->now, &sil, &n, &err))
+			sample(&o, "pgvigil_silences_active", NULL, (double)n);
+		else
+			read_failed(&o, "silences", &err);
+		pv_state_silences_free(sil, n);
+	}
 	family(&o, "pgvigil_alerts_firing", "gauge", "Alerts firing now, by severity.");
 	for (int s = PV_SEV_CRITICAL; s >= PV_SEV_INFO; s--)
 		sample(&o, "pgvigil_alerts_firing", LABELS("severity", pv_severity_name((enum pv_severity)s)),

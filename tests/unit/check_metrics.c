@@ -422,6 +422,7 @@ START_TEST(test_metrics__empty_state_has_every_family)
 	ck_value(text, "pgvigil_notifications_pending{notifier=\"hook\"}", 0);
 	ck_value(text, "pgvigil_notifications_failed_total{notifier=\"hook\"}", 0);
 	ck_value(text, "pgvigil_metrics_collect_errors", 0);
+	ck_value(text, "pgvigil_silences_active", 0);
 	ck_assert_msg(strstr(text, "secret-hook-token") == NULL, "a notifier URL leaked");
 	parsed_free(&p);
 	free(text);
@@ -476,6 +477,21 @@ START_TEST(test_metrics__values_from_state)
 	ck_assert(pv_state_outbox_add(fx.st, "hook", NOW, 0, "{}", "k1", &id, &added, &err));
 	ck_assert(pv_state_outbox_add(fx.st, "hook", NOW, 0, "{}", "k2", &id, &added, &err));
 	ck_assert(pv_state_outbox_mark_failed(fx.st, id, "HTTP 404", &err));
+	/* Silences: one in force, one expired, one removed. */
+	{
+		struct pv_state_silence sil = {.rule = "backup_slow",
+		                               .created = NOW - HOUR,
+		                               .until = NOW + HOUR,
+		                               .comment = "planned",
+		                               .author = "root"};
+		int64_t sid;
+		ck_assert(pv_state_silence_add(fx.st, &sil, &sid, &err));
+		sil.until = NOW - 1;
+		ck_assert(pv_state_silence_add(fx.st, &sil, &sid, &err));
+		sil.until = NOW + HOUR;
+		ck_assert(pv_state_silence_add(fx.st, &sil, &sid, &err));
+		ck_assert(pv_state_silence_remove(fx.st, sid, NOW - 60, "root", &err));
+	}
 
 	text = render(&fx, NULL);
 	parse_strict(text, &p);
@@ -499,6 +515,7 @@ START_TEST(test_metrics__values_from_state)
 	ck_assert_ptr_nonnull(strstr(text, "\npgvigil_storage_used_ratio 0.1\n")); /* shortest form */
 	ck_value(text, "pgvigil_storage_size_bytes", 1000);
 	ck_value(text, "pgvigil_storage_forecast_full_timestamp_seconds", NOW - 600 + 2 * 86400);
+	ck_value(text, "pgvigil_silences_active", 1);
 	ck_value(text, "pgvigil_alerts_firing{severity=\"critical\"}", 2);
 	ck_value(text, "pgvigil_alerts_firing{severity=\"warning\"}", 0);
 	ck_value(text, "pgvigil_alerts_firing{severity=\"info\"}", 0);
