@@ -249,6 +249,7 @@ tally_add(struct pv_metrics_runs *runs, const struct pv_state_run_tally *t)
 struct runs_now {
 	struct pv_metrics_runs *settled;
 	struct pv_metrics_runs fresh;
+	bool ok; /* the counts could be read: without them the run families have no samples */
 };
 
 static void
@@ -261,7 +262,8 @@ runs_collect(struct out *o, struct pv_state *st, struct pv_metrics_runs *settled
 
 	now->settled = settled;
 	memset(&now->fresh, 0, sizeof(now->fresh));
-	if (!pv_state_runs_tally(st, settled->settled_id, 0, &upto, &v, &n, &err)) {
+	now->ok = pv_state_runs_tally(st, settled->settled_id, 0, &upto, &v, &n, &err);
+	if (!now->ok) {
 		read_failed(o, "run counts", &err);
 		return;
 	}
@@ -287,13 +289,13 @@ runs_now_clear(struct runs_now *now)
 static int64_t
 runs_count(const struct runs_now *now, const char *job, const char *result)
 {
+	const struct pv_metrics_runs *sets[] = {now->settled, &now->fresh};
 	int64_t count = 0;
 
-	for (const struct pv_metrics_runs *r = now->settled; r != NULL;
-	     r = r == now->settled ? &now->fresh : NULL)
-		for (size_t i = 0; i < r->n; i++)
-			if (eq(r->v[i].job, job) && eq(r->v[i].result, result))
-				count += r->v[i].count;
+	for (size_t k = 0; k < 2; k++)
+		for (size_t i = 0; i < sets[k]->n; i++)
+			if (eq(sets[k]->v[i].job, job) && eq(sets[k]->v[i].result, result))
+				count += sets[k]->v[i].count;
 	return count;
 }
 
@@ -301,14 +303,16 @@ runs_count(const struct runs_now *now, const char *job, const char *result)
 static time_t
 runs_last(const struct runs_now *now, const char *job, const char *database, const char *result)
 {
+	const struct pv_metrics_runs *sets[] = {now->settled, &now->fresh};
 	time_t last = 0;
 
-	for (const struct pv_metrics_runs *r = now->settled; r != NULL;
-	     r = r == now->settled ? &now->fresh : NULL)
-		for (size_t i = 0; i < r->n; i++)
-			if (eq(r->v[i].job, job) && eq_null(r->v[i].database, database) &&
-			    eq(r->v[i].result, result) && r->v[i].last_finished > last)
-				last = r->v[i].last_finished;
+	for (size_t k = 0; k < 2; k++)
+		for (size_t i = 0; i < sets[k]->n; i++) {
+			const struct tally *t = &sets[k]->v[i];
+			if (eq(t->job, job) && eq_null(t->database, database) && eq(t->result, result) &&
+			    t->last_finished > last)
+				last = t->last_finished;
+		}
 	return last;
 }
 
@@ -739,7 +743,7 @@ pv_metrics_render(const struct pv_metrics_view *v, struct pv_metrics_runs *runs,
 	}
 
 	family(&o, "pgvigil_job_runs_total", "counter", "Runs of each configured job that ended, by result.");
-	for (size_t j = 0; j < cfg->n_jobs; j++) {
+	for (size_t j = 0; rn.ok && j < cfg->n_jobs; j++) {
 		const char *job = cfg->jobs[j].name;
 		for (size_t k = 0; k < N_RESULTS; k++)
 			sample(&o, "pgvigil_job_runs_total", LABELS("job", job, "result", RESULTS[k]),
