@@ -61,6 +61,14 @@ unit-check: $(UNIT_BINS)
 e2e-check: all
 	PGVIGIL_BUILD=$(B) tests/run-all
 
+# Fault injection (tests/faults/README.md): the daemon SIGKILLed at random points of its work,
+# full disks, PostgreSQL stopped mid-job, hanging endpoints, signal and client storms; each
+# scenario proves nothing was lost. FAULT_ITERATIONS scales the kills, FAULT_SEED replays a run.
+FAULT_ITERATIONS ?= 20
+.PHONY: check-faults
+check-faults: all
+	PGVIGIL_BUILD=$(B) FAULT_ITERATIONS=$(FAULT_ITERATIONS) python3 tests/faults/faults.py
+
 man-check:
 	@command -v mandoc >/dev/null || { echo "mandoc not found: run contrib/install-deps" >&2; exit 1; }
 	mandoc -Tlint -Wwarning $(MANS)
@@ -79,27 +87,43 @@ demo: all
 deps:
 	contrib/install-deps
 
+# Installed paths; the unit and tmpfiles.d snippet get sbindir and sysconfdir filled in.
+UNITDIR := $(prefix)/lib/systemd/system
+SYSUSERSDIR := $(prefix)/lib/sysusers.d
+TMPFILESDIR := $(prefix)/lib/tmpfiles.d
+COMPLETIONSDIR := $(datadir)/bash-completion/completions
+EXAMPLES := $(wildcard contrib/examples/*.yaml)
+SUBST := sed -e 's|@sbindir@|$(sbindir)|g' -e 's|@sysconfdir@|$(sysconfdir)|g'
+
 install: all
 	install -d $(DESTDIR)$(sbindir) $(DESTDIR)$(bindir) $(DESTDIR)$(sysconfdir)/pgvigil \
 		$(DESTDIR)$(mandir)/man1 $(DESTDIR)$(mandir)/man5 $(DESTDIR)$(mandir)/man8 \
-		$(DESTDIR)$(prefix)/lib/systemd/system $(DESTDIR)$(prefix)/lib/sysusers.d \
-		$(DESTDIR)$(prefix)/lib/tmpfiles.d
+		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) \
+		$(DESTDIR)$(COMPLETIONSDIR) $(DESTDIR)$(docdir)/examples
 	install -m 0755 $(B)/pgvigild $(DESTDIR)$(sbindir)/pgvigild
 	install -m 0755 $(B)/pgvigilctl $(DESTDIR)$(bindir)/pgvigilctl
+	@# Never overwrite a configuration someone may have edited.
 	@if [ ! -e $(DESTDIR)$(sysconfdir)/pgvigil/pgvigil.yaml ]; then \
+		echo "install -m 0640 etc/pgvigil.yaml $(DESTDIR)$(sysconfdir)/pgvigil/pgvigil.yaml"; \
 		install -m 0640 etc/pgvigil.yaml $(DESTDIR)$(sysconfdir)/pgvigil/pgvigil.yaml; \
 	else echo "keeping existing $(DESTDIR)$(sysconfdir)/pgvigil/pgvigil.yaml"; fi
 	for m in $(MANS); do s=$${m##*.}; install -m 0644 $$m $(DESTDIR)$(mandir)/man$$s/; done
-	sed -e 's|@sbindir@|$(sbindir)|g' -e 's|@sysconfdir@|$(sysconfdir)|g' systemd/pgvigil.service \
-		> $(DESTDIR)$(prefix)/lib/systemd/system/pgvigil.service
-	install -m 0644 systemd/pgvigil.sysusers $(DESTDIR)$(prefix)/lib/sysusers.d/pgvigil.conf
-	install -m 0644 systemd/pgvigil.tmpfiles $(DESTDIR)$(prefix)/lib/tmpfiles.d/pgvigil.conf
+	$(SUBST) systemd/pgvigil.service > $(DESTDIR)$(UNITDIR)/pgvigil.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/pgvigil.service
+	install -m 0644 systemd/pgvigil.sysusers $(DESTDIR)$(SYSUSERSDIR)/pgvigil.conf
+	$(SUBST) systemd/pgvigil.tmpfiles > $(DESTDIR)$(TMPFILESDIR)/pgvigil.conf
+	chmod 0644 $(DESTDIR)$(TMPFILESDIR)/pgvigil.conf
+	install -m 0644 contrib/bash-completion/pgvigilctl $(DESTDIR)$(COMPLETIONSDIR)/pgvigilctl
+	install -m 0644 $(EXAMPLES) $(DESTDIR)$(docdir)/examples/
 
+# The configuration stays: it is the administrator's.
 uninstall:
 	rm -f $(DESTDIR)$(sbindir)/pgvigild $(DESTDIR)$(bindir)/pgvigilctl \
-		$(DESTDIR)$(prefix)/lib/systemd/system/pgvigil.service \
-		$(DESTDIR)$(prefix)/lib/sysusers.d/pgvigil.conf $(DESTDIR)$(prefix)/lib/tmpfiles.d/pgvigil.conf
+		$(DESTDIR)$(UNITDIR)/pgvigil.service $(DESTDIR)$(SYSUSERSDIR)/pgvigil.conf \
+		$(DESTDIR)$(TMPFILESDIR)/pgvigil.conf $(DESTDIR)$(COMPLETIONSDIR)/pgvigilctl
 	for m in $(MANS); do s=$${m##*.}; rm -f $(DESTDIR)$(mandir)/man$$s/$${m##*/}; done
+	for e in $(EXAMPLES); do rm -f $(DESTDIR)$(docdir)/examples/$${e##*/}; done
+	-rmdir $(DESTDIR)$(docdir)/examples $(DESTDIR)$(docdir) 2>/dev/null
 
 clean:
 	rm -rf $(B)
@@ -108,3 +132,32 @@ distclean: clean
 	rm -rf config.mk config.log config.status autom4te.cache configure aclocal.m4
 
 -include $(shell find $(B) -name '*.d' 2>/dev/null)
+
+# ---- Release tarball: make dist, make distcheck ------------------------------------------
+# dist ships every tracked file (git ls-files, as in the working tree) plus a pre-generated
+# configure, so building from the tarball needs no autoconf. distcheck unpacks it in a
+# temporary directory and runs the whole make check there; make check's own dist test
+# (tests/e2e: dist_tarball) is the cheaper variant: tarball contents, build, unit tests.
+DIST_NAME = pgvigil-$(PACKAGE_VERSION)
+DIST_DEST ?= .
+DIST_TAR = $(DIST_DEST)/$(DIST_NAME).tar.gz
+
+.PHONY: dist distcheck
+
+dist: configure
+	@git rev-parse --is-inside-work-tree >/dev/null 2>&1 || \
+		{ echo "make dist: needs a git checkout (the tarball holds the tracked files)" >&2; exit 1; }
+	@stage=$$(mktemp -d) && trap 'rm -rf "$$stage"' EXIT && \
+	mkdir "$$stage/$(DIST_NAME)" && \
+	git ls-files -z | xargs -0 sh -c 'for f; do [ -e "$$f" ] && printf "%s\0" "$$f"; done' sh | \
+		xargs -0 cp -p -P --parents -t "$$stage/$(DIST_NAME)" && \
+	cp -p configure "$$stage/$(DIST_NAME)/configure" && \
+	touch "$$stage/$(DIST_NAME)/configure" && \
+	tar -C "$$stage" --sort=name --owner=0 --group=0 --numeric-owner -czf "$(DIST_TAR)" $(DIST_NAME) && \
+	echo "$(DIST_TAR): $$(wc -c < "$(DIST_TAR)") bytes"
+
+distcheck: dist
+	@d=$$(mktemp -d /tmp/pgvigil-distcheck-XXXXXX) && trap 'rm -rf "$$d"' EXIT INT TERM && \
+	chmod 0755 "$$d" && tar -C "$$d" -xzf "$(DIST_TAR)" && cd "$$d/$(DIST_NAME)" && \
+	./configure >/dev/null && $(MAKE) -j2 all && $(MAKE) check && \
+	echo "distcheck: $(DIST_TAR) builds and passes make check"

@@ -774,15 +774,17 @@ title_of(const struct pv_alert_notification *a)
 	return pv_asprintf("%s %s: %s", rule, subject_of(a), value);
 }
 
-/* Stable across attempts and re-queues of the same notification to the same notifier. */
+/* Stable across attempts and re-queues of the same notification to the same notifier. An event's
+ * value is part of it: two backups of one job that finish within the same second are two events. */
 static char *
 message_key(const char *notifier, const char *fingerprint, enum pv_alert_kind kind, time_t fired_at,
-            time_t at)
+            time_t at, const char *event_value)
 {
 	struct pv_crypto_sha256 *h = pv_crypto_sha256_new();
 	char hex[PV_CRYPTO_SHA256_HEX_LEN + 1];
-	char *text = pv_asprintf("%s\n%s\n%s\n%lld\n%lld", notifier, fingerprint, pv_alert_kind_name(kind),
-	                         (long long)fired_at, (long long)at);
+	char *text = pv_asprintf("%s\n%s\n%s\n%lld\n%lld%s%s", notifier, fingerprint,
+	                         pv_alert_kind_name(kind), (long long)fired_at, (long long)at,
+	                         event_value != NULL ? "\n" : "", event_value != NULL ? event_value : "");
 
 	pv_crypto_sha256_update(h, text, strlen(text));
 	pv_crypto_sha256_final_hex(h, hex);
@@ -794,7 +796,8 @@ message_key(const char *notifier, const char *fingerprint, enum pv_alert_kind ki
 static char *
 idempotency_key(const struct pv_alert_notification *a, const char *notifier)
 {
-	return message_key(notifier, a->fingerprint, a->kind, a->fired_at, a->at);
+	return message_key(notifier, a->fingerprint, a->kind, a->fired_at, a->at,
+	                   a->kind == PV_ALERT_NOTIFY_EVENT && a->value != NULL ? a->value : NULL);
 }
 
 /* Every message about one episode of an alert refers to its first one (the FIRING message, sent at
@@ -804,7 +807,7 @@ thread_key(const struct pv_alert_notification *a, const char *notifier)
 {
 	if (a->kind == PV_ALERT_NOTIFY_EVENT || a->fired_at == 0)
 		return NULL;
-	return message_key(notifier, a->fingerprint, PV_ALERT_NOTIFY_FIRING, a->fired_at, a->fired_at);
+	return message_key(notifier, a->fingerprint, PV_ALERT_NOTIFY_FIRING, a->fired_at, a->fired_at, NULL);
 }
 
 static void

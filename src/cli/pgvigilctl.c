@@ -87,7 +87,7 @@ call(const struct cli *cli, json_t *req, json_t **resp)
 	char *line = pv_ctl_encode(req);
 	size_t cap = 65536, len = 0;
 	char *buf;
-	int fd;
+	int fd, send_errno = 0;
 
 	json_decref(req);
 	if (strlen(cli->socket) >= sizeof(sa.sun_path)) {
@@ -117,10 +117,9 @@ call(const struct cli *cli, json_t *req, json_t **resp)
 		if (w < 0) {
 			if (errno == EINTR)
 				continue;
-			fprintf(stderr, "pgvigilctl: sending to pgvigild: %s\n", strerror(errno));
-			close(fd);
-			free(line);
-			return EXIT_UNREACHABLE;
+			/* A daemon that refuses the connection (too many) says why, then closes: read it. */
+			send_errno = errno;
+			break;
 		}
 		off += (size_t)w;
 	}
@@ -148,6 +147,11 @@ call(const struct cli *cli, json_t *req, json_t **resp)
 			break;
 	}
 	close(fd);
+	if (send_errno != 0 && len == 0) {
+		fprintf(stderr, "pgvigilctl: sending to pgvigild: %s\n", strerror(send_errno));
+		free(buf);
+		return EXIT_UNREACHABLE;
+	}
 	buf[len] = '\0';
 	*resp = json_loadb(buf, len, 0, NULL);
 	free(buf);

@@ -22,9 +22,11 @@
 #include "util/log.h"
 #include "util/mem.h"
 
-/* Caps so one misbehaving local user cannot exhaust the daemon's descriptors. */
+/* Caps so one misbehaving local user cannot exhaust the daemon's descriptors. Admins have a few
+ * connections beyond MAX_CONNS, so other users' clients filling it cannot lock them out. */
 #define MAX_CONNS         64
 #define MAX_CONNS_PER_UID 8
+#define ADMIN_RESERVE     8
 #define IDLE_TIMEOUT_SEC  300
 /* A client that sends requests without reading answers is paused past this much unsent output. */
 #define OUTPUT_HIGH_WATER (256 * 1024)
@@ -288,7 +290,9 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 		evutil_closesocket(fd);
 		return;
 	}
-	if (srv->nconns >= MAX_CONNS || conns_of_uid(srv, cred.uid) >= MAX_CONNS_PER_UID) {
+	if (conns_of_uid(srv, cred.uid) >= MAX_CONNS_PER_UID ||
+	    (srv->nconns >= MAX_CONNS &&
+	     (srv->nconns >= MAX_CONNS + ADMIN_RESERVE || !srv->is_admin(srv->ctx, cred.uid, cred.gid)))) {
 		static const char busy[] =
 		        "{\"ok\":false,\"error\":{\"code\":\"busy\",\"message\":\"too many "
 		        "control connections\"}}\n";

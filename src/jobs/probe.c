@@ -50,6 +50,44 @@
  * write and read of the file buys nothing and streaming stays. */
 #define PARALLEL_MIN_ARCHIVE ((int64_t)16 << 20)
 #define PARALLEL_MAX_JOBS    4
+
+/* Scratch databases this daemon's probes and drills are using: the leftover cleanup, which runs
+ * before every probe as well as at start, must never drop one of them. */
+static struct probe_local {
+	char **active;
+	size_t n_active;
+} probe_local;
+
+static void
+active_add(const char *name)
+{
+	probe_local.active = pv_realloc(probe_local.active, (probe_local.n_active + 1) * sizeof(char *));
+	probe_local.active[probe_local.n_active++] = pv_strdup(name);
+}
+
+static void
+active_remove(const char *name)
+{
+	for (size_t i = 0; i < probe_local.n_active; i++)
+		if (strcmp(probe_local.active[i], name) == 0) {
+			free(probe_local.active[i]);
+			probe_local.active[i] = probe_local.active[--probe_local.n_active];
+			if (probe_local.n_active == 0) {
+				free(probe_local.active);
+				probe_local.active = NULL;
+			}
+			return;
+		}
+}
+
+static bool
+active_has(const char *name)
+{
+	for (size_t i = 0; i < probe_local.n_active; i++)
+		if (strcmp(probe_local.active[i], name) == 0)
+			return true;
+	return false;
+}
 /* Free space the temporary file needs: the archive plus 10 %, plus this margin. */
 #define PARALLEL_SPACE_MARGIN ((uint64_t)64 << 20)
 #define PARALLEL_TMP_PREFIX   PV_STORE_TEMP_PREFIX "probe-"
@@ -128,6 +166,7 @@ struct pv_probe {
 	struct pv_crypto_keyring *ring;
 
 	char *scratch;          /* database name */
+	bool scratch_active;    /* scratch is in probe_local.active */
 	char *scratch_conninfo; /* the target's conninfo with dbname = scratch, no password */
 	char *password;         /* the target's password (configured, or from its conninfo) */
 	bool maybe_created;     /* the scratch database may exist: it must be dropped */
@@ -241,6 +280,8 @@ probe_free(struct pv_probe *p)
 	pv_crypto_keyring_free(p->ring);
 	free(p->label);
 	free(p->dump_path);
+	if (p->scratch_active)
+		active_remove(p->scratch);
 	free(p->scratch);
 	free(p->scratch_conninfo);
 	free(p->password);
@@ -1472,6 +1513,8 @@ prepare(struct pv_probe *p)
 	if (!prepare_backup(p))
 		return false;
 	p->scratch = scratch_name(p->db->name, run->started);
+	active_add(p->scratch);
+	p->scratch_active = true;
 	p->scratch_conninfo =
 	        pv_pg_conninfo_set_dbname(p->target->conninfo, p->scratch, &conn_password, &err);
 	if (p->scratch_conninfo == NULL) {
@@ -1523,6 +1566,9 @@ job_start(struct pv_job_run *run, enum pv_probe_mode mode)
 	}
 	pv_log_info("%s starting %s backup=%s scratch=%s target=%s", kind_name(p), p->logctx, p->label,
 	            p->scratch, p->target->name);
+	/* A crash can leave a scratch database the start-up cleanup did not see: one whose CREATE the
+	 * server finished after the restart, or one stamped in the restart's own second. */
+	pv_probe_cleanup_start(run->base, run->dns, run->cfg);
 	left = run->deadline_mono - pv_now_mono();
 	if (left < 0)
 		left = 0;
@@ -1795,6 +1841,8 @@ cleanup_on_list(const struct pv_pg_scratch_result *res, void *arg)
 	c->names = pv_calloc(res->n + 1, sizeof(char *));
 	for (size_t i = 0; i < res->n; i++) {
 		const char *stamp = name_stamp(res->names[i]);
+		if (active_has(res->names[i]))
+			continue; /* a running probe's */
 		if (stamp == NULL || strcmp(stamp, c->cutoff) >= 0) {
 			pv_log_info("scratch database left alone target=%s database=%s reason=%s", t->name,
 			            res->names[i], stamp == NULL ? "no-time-in-name" : "newer-than-start");

@@ -28,9 +28,10 @@ extern const struct pv_job_ops pv_job_drill_ops;
 /*
  * Drop the scratch databases a crashed daemon left behind: for every configured restore target,
  * list the databases named pgvigil_probe_* whose embedded start time is before this call, and drop
- * each (logged). Asynchronous and self-contained: it copies what it needs from cfg, never
- * blocks, bounds every step, and only logs failures. Call once at daemon start, after the loop
- * exists and before the first job can start.
+ * each (logged), except those a running probe or drill of this daemon uses. Asynchronous and
+ * self-contained: it copies what it needs from cfg, never blocks, bounds every step, and only logs
+ * failures. Called at daemon start, after the loop exists and before the first job can start, and
+ * at the start of every probe and drill.
  */
 void pv_probe_cleanup_start(struct event_base *base, struct evdns_base *dns, const struct pv_config *cfg);
 

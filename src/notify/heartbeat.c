@@ -34,12 +34,12 @@ struct pv_heartbeat {
 	struct pv_http *http;
 	pv_heartbeat_healthy_fn healthy;
 	void *arg;
-	struct beat *beats;
+	struct beat **beats;
 	size_t n;
 };
 
 static void
-beat_clear(struct beat *b)
+beat_free(struct beat *b)
 {
 	if (b->req != NULL)
 		pv_http_cancel(b->req);
@@ -51,6 +51,7 @@ beat_clear(struct beat *b)
 		free(b->url);
 	}
 	free(b->ca_file);
+	free(b);
 }
 
 static void
@@ -141,46 +142,59 @@ pv_heartbeat_free(struct pv_heartbeat *hb)
 	if (hb == NULL)
 		return;
 	for (size_t i = 0; i < hb->n; i++)
-		beat_clear(&hb->beats[i]);
+		beat_free(hb->beats[i]);
 	free(hb->beats);
 	free(hb);
+}
+
+static bool
+same(const struct beat *b, const struct pv_config_notifier *nf)
+{
+	return strcmp(b->name, nf->name) == 0 && strcmp(b->url, nf->url.value) == 0 && b->post == nf->post &&
+	       b->every == (nf->every > 0 ? nf->every : 300) &&
+	       ((b->ca_file == NULL && nf->ca_file == NULL) ||
+	        (b->ca_file != NULL && nf->ca_file != NULL && strcmp(b->ca_file, nf->ca_file) == 0));
 }
 
 void
 pv_heartbeat_set_notifiers(struct pv_heartbeat *hb, const struct pv_config_notifier *v, size_t n)
 {
+	struct beat **keep = pv_calloc(n + 1, sizeof(*keep));
 	size_t count = 0;
 
-	for (size_t i = 0; i < hb->n; i++)
-		beat_clear(&hb->beats[i]);
-	free(hb->beats);
-	hb->beats = NULL;
-	hb->n = 0;
-	for (size_t i = 0; i < n; i++)
-		if (v[i].type == PV_NOTIFIER_HEARTBEAT && v[i].url.value != NULL)
-			count++;
-	if (count == 0)
-		return;
-	/* The array never moves after this: timers and requests point into it. */
-	hb->beats = pv_calloc(count, sizeof(*hb->beats));
+	/* A heartbeat whose settings did not change keeps its rhythm and counters across a reload. */
 	for (size_t i = 0; i < n; i++) {
-		struct beat *b;
+		struct beat *b = NULL;
 		struct timeval tv = {0, 0};
 
 		if (v[i].type != PV_NOTIFIER_HEARTBEAT || v[i].url.value == NULL)
 			continue;
-		b = &hb->beats[hb->n++];
-		b->hb = hb;
-		b->name = pv_strdup(v[i].name);
-		b->url = pv_strdup(v[i].url.value);
-		b->ca_file = v[i].ca_file != NULL ? pv_strdup(v[i].ca_file) : NULL;
-		b->post = v[i].post;
-		b->every = v[i].every > 0 ? v[i].every : 300;
-		b->timer = event_new(hb->base, -1, EV_PERSIST, tick, b);
-		tv.tv_sec = (time_t)b->every;
-		event_add(b->timer, &tv);
-		tick(-1, 0, b); /* the first ping now */
+		for (size_t k = 0; k < hb->n && b == NULL; k++)
+			if (hb->beats[k] != NULL && same(hb->beats[k], &v[i])) {
+				b = hb->beats[k];
+				hb->beats[k] = NULL;
+			}
+		if (b == NULL) {
+			b = pv_calloc(1, sizeof(*b));
+			b->hb = hb;
+			b->name = pv_strdup(v[i].name);
+			b->url = pv_strdup(v[i].url.value);
+			b->ca_file = v[i].ca_file != NULL ? pv_strdup(v[i].ca_file) : NULL;
+			b->post = v[i].post;
+			b->every = v[i].every > 0 ? v[i].every : 300;
+			b->timer = event_new(hb->base, -1, EV_PERSIST, tick, b);
+			tv.tv_sec = (time_t)b->every;
+			event_add(b->timer, &tv);
+			tick(-1, 0, b); /* the first ping now */
+		}
+		keep[count++] = b;
 	}
+	for (size_t k = 0; k < hb->n; k++)
+		if (hb->beats[k] != NULL)
+			beat_free(hb->beats[k]);
+	free(hb->beats);
+	hb->beats = keep;
+	hb->n = count;
 }
 
 json_t *
@@ -189,7 +203,7 @@ pv_heartbeat_status_json(const struct pv_heartbeat *hb)
 	json_t *o = json_object();
 
 	for (size_t i = 0; hb != NULL && i < hb->n; i++) {
-		const struct beat *b = &hb->beats[i];
+		const struct beat *b = hb->beats[i];
 		char when[32] = "";
 		struct tm tm;
 

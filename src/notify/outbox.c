@@ -28,6 +28,8 @@
 #define DUE_BATCH 256
 /* Bytes of an endpoint's answer kept in last_error and in log lines. */
 #define ERROR_BODY_MAX 200
+/* How often messages the state database refused are offered to it again. */
+#define HELD_RETRY_MS 2000
 
 /* ---- the payload ---- */
 
@@ -220,6 +222,14 @@ struct attempt {
 	int64_t attempts; /* ended before this one */
 };
 
+/* A message the state database could not take (disk full, I/O error): kept in memory and offered
+ * again on every pass, so a passing failure does not lose it. */
+struct held {
+	struct held *next;
+	char *notifier, *payload, *key;
+	int64_t created_ms;
+};
+
 struct pv_outbox {
 	struct event_base *base;
 	struct pv_state *st;
@@ -233,6 +243,7 @@ struct pv_outbox {
 	size_t in_flight;
 	struct pv_outbox_stats stats;
 	uint64_t rng;
+	struct held *held, **held_tail; /* oldest first */
 };
 
 static int64_t
@@ -585,6 +596,38 @@ send_one(struct pv_outbox *ob, const struct pv_state_outbox_msg *m, const struct
 		lane->next_start_ms = now + ob->opt.slack_interval_ms;
 }
 
+static void
+held_free(struct held *h)
+{
+	free(h->notifier);
+	free(h->payload);
+	free(h->key);
+	free(h);
+}
+
+/* Offer the held messages to the state database, oldest first; false while some remain. */
+static bool
+held_flush(struct pv_outbox *ob)
+{
+	while (ob->held != NULL) {
+		struct held *h = ob->held;
+		struct pv_error err = {0};
+		int64_t id = 0;
+		bool added = false;
+
+		if (!pv_state_outbox_add(ob->st, h->notifier, (time_t)(h->created_ms / 1000), h->created_ms,
+		                         h->payload, h->key, &id, &added, &err))
+			return false;
+		pv_log_notice("held notification recorded notifier=%s id=%lld", pv_log_quote(h->notifier),
+		              (long long)id);
+		ob->held = h->next;
+		if (ob->held == NULL)
+			ob->held_tail = &ob->held;
+		held_free(h);
+	}
+	return true;
+}
+
 /* One look at the outbox: send what is due and may go now, drop what is too old, and set the timer for
  * the earliest moment something else may go (completions kick a new pass). */
 static void
@@ -596,8 +639,13 @@ pass(evutil_socket_t fd, short what, void *arg)
 	int64_t now = now_ms(), wake = INT64_MAX, next;
 	size_t n;
 
-	if (ob->n_notifiers == 0)
+	if (!held_flush(ob))
+		wake = now + HELD_RETRY_MS;
+	if (ob->n_notifiers == 0) {
+		if (wake != INT64_MAX)
+			schedule(ob, wake - now);
 		return;
+	}
 	if (!pv_state_outbox_due(ob->st, now, DUE_BATCH, &due, &n, &err)) {
 		pv_log_error("reading the notification outbox failed, trying again in 5s error=%s",
 		             pv_log_quote(err.msg));
@@ -685,6 +733,7 @@ pv_outbox_new(struct event_base *base, struct pv_state *st, struct pv_http *http
 	if (getrandom(&ob->rng, sizeof(ob->rng), GRND_NONBLOCK) != (ssize_t)sizeof(ob->rng))
 		ob->rng = (uint64_t)now_ms();
 	ob->rng |= 1; /* xorshift must not start at 0 */
+	ob->held_tail = &ob->held;
 	ob->timer = evtimer_new(base, pass, ob);
 	if (ob->timer == NULL) {
 		free(ob);
@@ -723,6 +772,19 @@ pv_outbox_free(struct pv_outbox *ob)
 {
 	if (ob == NULL)
 		return;
+	if (!held_flush(ob)) {
+		size_t lost = 0;
+		for (struct held *h = ob->held; h != NULL; h = h->next)
+			lost++;
+		pv_log_error("notifications lost: the state database did not take them before the stop "
+		             "count=%zu",
+		             lost);
+	}
+	while (ob->held != NULL) {
+		struct held *h = ob->held;
+		ob->held = h->next;
+		held_free(h);
+	}
 	while (ob->attempts != NULL) {
 		pv_http_cancel(ob->attempts->req);
 		attempt_free(ob->attempts);
@@ -777,7 +839,7 @@ pv_outbox_enqueue(struct pv_outbox *ob, struct pv_notification *n, struct pv_err
 {
 	int64_t now = now_ms();
 	char *payload;
-	bool ok, added = false;
+	bool ok, behind, added = false;
 
 	if (n->idempotency_key == NULL) {
 		unsigned char raw[16];
@@ -790,11 +852,28 @@ pv_outbox_enqueue(struct pv_outbox *ob, struct pv_notification *n, struct pv_err
 		n->idempotency_key = pv_asprintf("pgvigil-%s", hex);
 	}
 	payload = pv_notification_to_json(n);
-	ok = pv_state_outbox_add(ob->st, n->notifier, (time_t)(now / 1000), now, payload, n->idempotency_key,
-	                         &n->id, &added, err);
+	/* Held ones first, so the order stays; a new one waits behind them. */
+	behind = !held_flush(ob);
+	ok = !behind && pv_state_outbox_add(ob->st, n->notifier, (time_t)(now / 1000), now, payload,
+	                                    n->idempotency_key, &n->id, &added, err);
+	if (!ok) {
+		struct held *h = pv_calloc(1, sizeof(*h));
+
+		h->notifier = pv_strdup(n->notifier);
+		h->payload = payload;
+		h->key = pv_strdup(n->idempotency_key);
+		h->created_ms = now;
+		*ob->held_tail = h;
+		ob->held_tail = &h->next;
+		n->id = 0;
+		pv_log_warn("notification held in memory until the state database takes it notifier=%s "
+		            "error=%s",
+		            pv_log_quote(n->notifier),
+		            pv_log_quote(behind ? "earlier notifications are still held" : err->msg));
+		schedule(ob, HELD_RETRY_MS);
+		return true;
+	}
 	free(payload);
-	if (!ok)
-		return false;
 	if (!added)
 		pv_log_debug("notification already queued notifier=%s id=%lld", pv_log_quote(n->notifier),
 		             (long long)n->id);

@@ -73,7 +73,9 @@ void pv_outbox_set_notifiers(struct pv_outbox *ob, const struct pv_config_notifi
 /*
  * Queue n for n->notifier, durably, and start delivery. Makes an idempotency key when n has none (set in
  * n->idempotency_key) and sets n->id. A known key queues nothing and sets n->id to the message already
- * queued. Fails only when the state database does.
+ * queued. When the state database cannot take it (disk full, I/O error), the message is held in memory,
+ * n->id is 0, and it is offered again every 2 s until it is recorded; only a stop before then loses it
+ * (logged). Fails only when no idempotency key can be made.
  */
 bool pv_outbox_enqueue(struct pv_outbox *ob, struct pv_notification *n, struct pv_error *err);
 /* Look at the outbox now (e.g. after another process queued messages). */

@@ -307,12 +307,24 @@ static const char *const stmt_sql[STMT_COUNT] = {
                                "GROUP BY status",
 };
 
+/* A release of a backup (negative use delta) the database refused (disk full, I/O error): applied
+ * before the next use change or deletion, so a passing failure does not pin the backup against
+ * retention until the next start (which resets every count). */
+struct pending_release {
+	struct pending_release *next;
+	char *database, *job, *id;
+	int delta;
+};
+
 struct pv_state {
 	sqlite3 *db;
 	char *path;
 	int version;
 	sqlite3_stmt *stmts[STMT_COUNT]; /* prepared on first use, finalized at close */
+	struct pending_release *releases, **releases_tail;
 };
+
+static bool releases_flush(struct pv_state *st);
 
 /* Fill err with "<doing>: <sqlite's message>"; read the message before any reset can change it. */
 static bool __attribute__((format(printf, 3, 4)))
@@ -663,6 +675,7 @@ pv_state_open(const char *path, struct pv_state **out, struct pv_error *err)
 		return false;
 	st = pv_calloc(1, sizeof(*st));
 	st->path = pv_strdup(path);
+	st->releases_tail = &st->releases;
 	/* No SQLITE_OPEN_CREATE: the file exists now, and if it vanished we want an error, not a new one. */
 	rc = sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
 	if (rc != SQLITE_OK) {
@@ -690,6 +703,14 @@ pv_state_close(struct pv_state *st)
 {
 	if (st == NULL)
 		return;
+	while (st->releases != NULL) {
+		struct pending_release *r = st->releases;
+		st->releases = r->next;
+		free(r->database);
+		free(r->job);
+		free(r->id);
+		free(r);
+	}
 	for (int i = 0; i < STMT_COUNT; i++)
 		sqlite3_finalize(st->stmts[i]);
 	/* The last connection to close checkpoints the WAL into the main file and removes it. */
@@ -712,9 +733,11 @@ pv_state_run_begin(struct pv_state *st, const char *job, const char *type, const
                    struct pv_error *err)
 {
 	const char *doing = "recording run start";
-	sqlite3_stmt *s = stmt_get(st, STMT_RUN_BEGIN, doing, err);
+	sqlite3_stmt *s;
 	int rc = SQLITE_OK;
 
+	releases_flush(st); /* runs start often: a deferred release does not wait long */
+	s = stmt_get(st, STMT_RUN_BEGIN, doing, err);
 	if (s == NULL)
 		return false;
 	bind_text(s, 1, job, &rc);
@@ -1327,9 +1350,9 @@ pv_state_backup_set_status(struct pv_state *st, const char *database, const char
 	return update_one(st, s, rc, doing, database, job, id, err);
 }
 
-bool
-pv_state_backup_use(struct pv_state *st, const char *database, const char *job, const char *id, int delta,
-                    struct pv_error *err)
+static bool
+use_apply(struct pv_state *st, const char *database, const char *job, const char *id, int delta,
+          struct pv_error *err)
 {
 	const char *doing = "recording use of backup";
 	sqlite3_stmt *s = stmt_get(st, STMT_BACKUP_USE, doing, err);
@@ -1362,13 +1385,66 @@ pv_state_backup_use(struct pv_state *st, const char *database, const char *job, 
 	return true;
 }
 
+/* Apply the deferred releases, oldest first; false while some remain. */
+static bool
+releases_flush(struct pv_state *st)
+{
+	while (st->releases != NULL) {
+		struct pending_release *r = st->releases;
+		struct pv_error err;
+
+		if (!use_apply(st, r->database, r->job, r->id, r->delta, &err))
+			return false;
+		pv_log_notice("deferred release of backup recorded database=%s job=%s backup=%s",
+		              pv_log_quote(r->database), pv_log_quote(r->job), pv_log_quote(r->id));
+		st->releases = r->next;
+		if (st->releases == NULL)
+			st->releases_tail = &st->releases;
+		free(r->database);
+		free(r->job);
+		free(r->id);
+		free(r);
+	}
+	return true;
+}
+
+bool
+pv_state_backup_use(struct pv_state *st, const char *database, const char *job, const char *id, int delta,
+                    struct pv_error *err)
+{
+	struct pv_error e;
+	struct pending_release *r;
+
+	releases_flush(st);
+	if (use_apply(st, database, job, id, delta, &e))
+		return true;
+	if (err != NULL)
+		*err = e;
+	if (delta >= 0)
+		return false;
+	r = pv_calloc(1, sizeof(*r));
+	r->database = pv_strdup(database);
+	r->job = pv_strdup(job);
+	r->id = pv_strdup(id);
+	r->delta = delta;
+	*st->releases_tail = r;
+	st->releases_tail = &r->next;
+	pv_log_warn("release of backup deferred until the state database takes it database=%s job=%s "
+	            "backup=%s error=%s",
+	            pv_log_quote(database), pv_log_quote(job), pv_log_quote(id), pv_log_quote(e.msg));
+	return false;
+}
+
 bool
 pv_state_backup_delete(struct pv_state *st, const char *database, const char *job, const char *id,
                        struct pv_error *err)
 {
 	const char *doing = "deleting backup";
-	sqlite3_stmt *s = stmt_get(st, STMT_BACKUP_DELETE, doing, err);
+	sqlite3_stmt *s;
 	int rc = SQLITE_OK;
+
+	releases_flush(st); /* a deferred release may be what makes it deletable */
+	s = stmt_get(st, STMT_BACKUP_DELETE, doing, err);
 
 	if (s == NULL)
 		return false;

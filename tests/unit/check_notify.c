@@ -1483,6 +1483,17 @@ START_TEST(test_notify__heartbeat_only_while_healthy)
 	                 "HTTP 503");
 	json_decref(st);
 
+	/* A reload with the same settings keeps the heartbeat (its counters), a changed one starts anew. */
+	pv_heartbeat_set_notifiers(hb, &nf, 1);
+	st = pv_heartbeat_status_json(hb);
+	ck_assert_int_ge(json_integer_value(json_object_get(json_object_get(st, "deadman"), "pings")), 2);
+	json_decref(st);
+	nf.every = 2;
+	pv_heartbeat_set_notifiers(hb, &nf, 1);
+	st = pv_heartbeat_status_json(hb);
+	ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(st, "deadman"), "pings")), 0);
+	json_decref(st);
+
 	pv_heartbeat_free(hb);
 	sink_stop(&sink);
 	pv_http_free(http);

@@ -1018,7 +1018,7 @@ START_TEST(test_pg__health_schema_ok)
 	char *crit[] = {"users", "public.group_trips", "\"private_bookings\"", " PUBLIC . USERS "};
 	struct pv_strv cv = {crit, 4};
 	struct pv_pg_health_opts o = {
-	        .password = "vigil-secret", .timeout = 10, .expected_tables = 3, .critical_tables = &cv};
+	        .password = "vigil-secret", .timeout = 10, .expected_tables = 4, .critical_tables = &cv};
 	char *ci = tcp_conninfo("127.0.0.1", pg_port);
 
 	o.conninfo = ci;
@@ -1027,7 +1027,7 @@ START_TEST(test_pg__health_schema_ok)
 	ck_assert_msg(w.r.ok, "health failed: %s", w.r.error.msg);
 	ck_assert(w.r.connected);
 	ck_assert_ptr_null(w.r.error_class);
-	ck_assert_int_eq(w.r.tables, 3);
+	ck_assert_int_eq(w.r.tables, 4);
 	ck_assert_int_gt(w.r.database_size_bytes, 1000000);
 	ck_assert_int_ge(w.r.server_version_num, 100000);
 	ck_assert(w.r.server_version[0] != '\0');
@@ -1053,9 +1053,9 @@ START_TEST(test_pg__health_schema_mismatch)
 	ck_assert(!w.r.ok);
 	ck_assert(w.r.connected);
 	ck_assert_str_eq(w.r.error_class, "schema");
-	ck_assert_str_eq(w.r.error.msg, "expected 67 tables, found 3; critical tables missing: missing_one, "
+	ck_assert_str_eq(w.r.error.msg, "expected 67 tables, found 4; critical tables missing: missing_one, "
 	                                "nosuch.users, Users_Typo, a, b and 2 more");
-	ck_assert_int_eq(w.r.tables, 3);
+	ck_assert_int_eq(w.r.tables, 4);
 	ck_assert_int_gt(w.r.database_size_bytes, 0);
 	ck_assert_int_eq(json_array_size(w.missing), 7);
 	ck_assert_str_eq(json_string_value(json_array_get(w.missing, 2)), "Users_Typo");
@@ -1065,7 +1065,7 @@ START_TEST(test_pg__health_schema_mismatch)
 	o.critical_tables = NULL;
 	o.expected_tables = 2;
 	w = run_health_opts(&l, &o);
-	ck_assert_str_eq(w.r.error.msg, "expected 2 tables, found 3");
+	ck_assert_str_eq(w.r.error.msg, "expected 2 tables, found 4");
 	ck_assert_int_eq(json_array_size(w.missing), 0);
 	json_decref(w.missing);
 	free(ci);
