@@ -27,6 +27,7 @@
 #include "jobs/probe.h"
 #include "loop/notify.h"
 #include "loop/proc.h"
+#include "metrics/metrics.h"
 #include "notify/digest.h"
 #include "notify/heartbeat.h"
 #include "notify/http.h"
@@ -72,6 +73,7 @@ struct pv_daemon {
 	struct pv_state *state;
 	struct pv_sched *sched;
 	struct pv_ctl_server *ctl;
+	struct pv_metrics *metrics; /* the /metrics endpoint, idle without daemon.metrics_listen */
 	struct event *ev_hup, *ev_term, *ev_int, *ev_tick, *ev_stop;
 	time_t started;
 	double started_mono;
@@ -507,6 +509,36 @@ schedule_tick(struct pv_daemon *d, double delay)
 	tv.tv_sec = (time_t)delay;
 	tv.tv_usec = (suseconds_t)((delay - (double)tv.tv_sec) * 1e6);
 	event_add(d->ev_tick, &tv);
+}
+
+/* ---- metrics ---- */
+
+static void
+metrics_view(void *arg, struct pv_metrics_view *out)
+{
+	struct pv_daemon *d = arg;
+
+	out->state = d->state;
+	out->cfg = d->cfg;
+	out->alerts = &d->alerts;
+	out->now = time(NULL);
+	out->started = d->started;
+	out->reload_ok = d->reload.ok;
+	out->running = 0;
+	for (struct active_run *ar = d->runs; ar != NULL; ar = ar->next)
+		out->running++;
+}
+
+/* A new address that cannot be bound leaves the endpoint where it was: the reload itself stands. */
+static void
+metrics_reload(struct pv_daemon *d)
+{
+	struct pv_error err;
+
+	if (!pv_metrics_listen(d->metrics, d->cfg->daemon.metrics_listen, &err))
+		pv_log_error("metrics endpoint not moved, still serving address=%s error=%s",
+		             pv_metrics_address(d->metrics) ? pv_metrics_address(d->metrics) : "-",
+		             pv_log_quote(err.msg));
 }
 
 /* ---- alerts ---- */
@@ -1248,6 +1280,7 @@ pv_daemon_reload(struct pv_daemon *d, struct pv_error *err)
 	alert_set_notifiers(d, cfg);
 	level = cfg->daemon.log_level;
 	pv_log_set_level(level);
+	metrics_reload(d);
 	d->reload.ok = true;
 	d->reload.error[0] = '\0';
 	pv_log_notice("configuration reloaded jobs=%zu databases=%zu", cfg->n_jobs, cfg->n_databases);
@@ -1440,6 +1473,9 @@ pv_daemon_new(const struct pv_daemon_opts *opts, struct pv_error *err)
 	d->ctl = pv_ctl_server_new(d->base, d->cfg->daemon.socket, pv_ctl_commands, ctl_is_admin, d, err);
 	if (d->ctl == NULL)
 		goto fail;
+	d->metrics = pv_metrics_new(d->base, d->cfg->daemon.metrics_listen, metrics_view, d, err);
+	if (d->metrics == NULL)
+		goto fail;
 
 	d->ev_hup = evsignal_new(d->base, SIGHUP, hup_cb, d);
 	d->ev_term = evsignal_new(d->base, SIGTERM, term_cb, d);
@@ -1496,6 +1532,7 @@ pv_daemon_free(struct pv_daemon *d)
 		return;
 	}
 	pv_ctl_server_free(d->ctl);
+	pv_metrics_free(d->metrics);
 	if (d->ev_hup)
 		event_free(d->ev_hup);
 	if (d->ev_term)

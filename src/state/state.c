@@ -169,6 +169,8 @@ enum stmt_id {
 	STMT_RUNS_LIST_ALL,
 	STMT_RUNS_COUNT_JOB,
 	STMT_RUNS_COUNT_ALL,
+	STMT_RUNS_SETTLED,
+	STMT_RUNS_TALLY,
 	STMT_SCHED_GET,
 	STMT_SCHED_SET,
 	STMT_KV_GET,
@@ -222,6 +224,13 @@ static const char *const stmt_sql[STMT_COUNT] = {
         [STMT_RUNS_LIST_ALL] = "SELECT " RUN_COLUMNS " FROM runs ORDER BY id DESC LIMIT ?1",
         [STMT_RUNS_COUNT_JOB] = "SELECT count(*) FROM runs WHERE job = ?1 AND (?2 IS NULL OR result = ?2)",
         [STMT_RUNS_COUNT_ALL] = "SELECT count(*) FROM runs WHERE ?1 IS NULL OR result = ?1",
+        /* Both walk the rowid range after ?1 only: the tally reads what changed since it was last asked. */
+        [STMT_RUNS_SETTLED] =
+                "SELECT coalesce((SELECT id - 1 FROM runs WHERE id > ?1 AND id <= ?2 AND result IS NULL "
+                "ORDER BY id LIMIT 1), (SELECT max(id) FROM runs WHERE id > ?1 AND id <= ?2), ?1)",
+        [STMT_RUNS_TALLY] = "SELECT job, \"database\", result, count(*), max(finished), id <= ?2 FROM runs "
+                            "WHERE id > ?1 AND id <= ?3 AND result IS NOT NULL "
+                            "GROUP BY job, \"database\", result, id <= ?2",
         [STMT_SCHED_GET] = "SELECT last_slot FROM sched WHERE job = ?1",
         [STMT_SCHED_SET] = "INSERT INTO sched (job, last_slot) VALUES (?1, ?2) "
                            "ON CONFLICT (job) DO UPDATE SET last_slot = excluded.last_slot",
@@ -894,6 +903,78 @@ pv_state_runs_count(struct pv_state *st, const char *job, const char *result, in
 	*count = sqlite3_column_int64(s, 0);
 	stmt_done(s);
 	return true;
+}
+
+bool
+pv_state_runs_tally(struct pv_state *st, int64_t after_id, int64_t max_rows, int64_t *settled_id,
+                    struct pv_state_run_tally **out, size_t *n, struct pv_error *err)
+{
+	int64_t upto = max_rows > 0 && after_id < INT64_MAX - max_rows ? after_id + max_rows : INT64_MAX;
+	const char *doing = "counting runs by result";
+	struct pv_state_run_tally *v = NULL;
+	size_t count = 0, cap = 0;
+	sqlite3_stmt *s;
+	int64_t settled;
+	int rc = SQLITE_OK;
+
+	*out = NULL;
+	*n = 0;
+	/* Settled first: a run that ends between the two statements is then counted as unsettled, never
+	 * missed, and no run at or below the settled id can still change. */
+	s = stmt_get(st, STMT_RUNS_SETTLED, doing, err);
+	if (s == NULL)
+		return false;
+	bind_int64(s, 1, after_id, &rc);
+	bind_int64(s, 2, upto, &rc);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(s);
+	if (rc != SQLITE_ROW)
+		return stmt_fail(st, s, doing, err);
+	settled = sqlite3_column_int64(s, 0);
+	stmt_done(s);
+
+	s = stmt_get(st, STMT_RUNS_TALLY, doing, err);
+	if (s == NULL)
+		return false;
+	rc = SQLITE_OK;
+	bind_int64(s, 1, after_id, &rc);
+	bind_int64(s, 2, settled, &rc);
+	bind_int64(s, 3, upto, &rc);
+	while (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+		struct pv_state_run_tally *t;
+		if (count == cap) {
+			cap = cap ? cap * 2 : 16;
+			v = pv_realloc(v, cap * sizeof(*v));
+		}
+		t = &v[count++];
+		t->job = col_text(s, 0);
+		t->database = col_text(s, 1);
+		t->result = col_text(s, 2);
+		t->count = sqlite3_column_int64(s, 3);
+		t->last_finished = (time_t)sqlite3_column_int64(s, 4);
+		t->settled = sqlite3_column_int(s, 5) != 0;
+		rc = SQLITE_OK;
+	}
+	if (rc != SQLITE_DONE) {
+		pv_state_run_tallies_free(v, count);
+		return stmt_fail(st, s, doing, err);
+	}
+	stmt_done(s);
+	*settled_id = settled;
+	*out = v;
+	*n = count;
+	return true;
+}
+
+void
+pv_state_run_tallies_free(struct pv_state_run_tally *v, size_t n)
+{
+	for (size_t i = 0; v != NULL && i < n; i++) {
+		free(v[i].job);
+		free(v[i].database);
+		free(v[i].result);
+	}
+	free(v);
 }
 
 void

@@ -56,6 +56,27 @@ bool pv_state_runs_list(struct pv_state *st, const char *job, int limit, struct 
 /* Number of runs of a job (NULL = all jobs) with a given result (NULL = any). */
 bool pv_state_runs_count(struct pv_state *st, const char *job, const char *result, int64_t *count,
                          struct pv_error *err);
+/* Ended runs counted by job, database and result: the source of the run counters (pgvigil_job_runs_total). */
+struct pv_state_run_tally {
+	char *job;
+	char *database; /* NULL when the runs had none */
+	char *result;
+	int64_t count;
+	time_t last_finished; /* the latest finish among them */
+	bool settled;         /* counts runs up to *settled_id only: final, they never change */
+};
+/*
+ * Count the ended runs with id > after_id (and id <= after_id + max_rows when max_rows > 0, so a long
+ * history can be read in steps). *settled_id is set to the largest id up to which every run has ended
+ * (>= after_id, within the range). A run ends once and is never deleted, so the counts of the settled
+ * entries are final: a caller adds them to its totals and next asks with after_id = *settled_id,
+ * reading only the runs since the oldest one still running. The entries with settled false count the
+ * runs of the range after *settled_id that have ended so far. *out is malloc'ed (NULL when none); free
+ * with pv_state_run_tallies_free.
+ */
+bool pv_state_runs_tally(struct pv_state *st, int64_t after_id, int64_t max_rows, int64_t *settled_id,
+                         struct pv_state_run_tally **out, size_t *n, struct pv_error *err);
+void pv_state_run_tallies_free(struct pv_state_run_tally *v, size_t n);
 void pv_state_run_clear(struct pv_state_run *run);
 void pv_state_runs_free(struct pv_state_run *runs, size_t n);
 

@@ -3070,6 +3070,336 @@ def probe_parallel_corrupt_file_removes_temporary(cluster):
         d.cleanup()
 
 
+# ---- Prometheus metrics (issue 6) ----
+
+SPEC_METRICS = {  # family name as the exposition text has it -> type (SPEC §6)
+    "pgvigil_up": "gauge",
+    "pgvigil_database_up": "gauge",
+    "pgvigil_connect_seconds": "gauge",
+    "pgvigil_backup_last_success_timestamp_seconds": "gauge",
+    "pgvigil_backup_size_bytes": "gauge",
+    "pgvigil_backup_duration_seconds": "gauge",
+    "pgvigil_rpo_seconds": "gauge",
+    "pgvigil_restore_probe_last_success_timestamp_seconds": "gauge",
+    "pgvigil_restore_probe_duration_seconds": "gauge",
+    "pgvigil_storage_used_ratio": "gauge",
+    "pgvigil_alerts_firing": "gauge",
+    "pgvigil_notifications_pending": "gauge",
+    "pgvigil_notifications_failed_total": "counter",
+    "pgvigil_job_runs_total": "counter",
+}
+STORAGE_JOB = "  storage: { type: storage, every: 1h }\n"
+METRICS_HOOK_TOKEN = "T0KEN-in-the-hook-url-must-not-leak"
+
+
+def free_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def http_get(port, path="/metrics", method="GET", timeout=5):
+    """(status, headers, body text, seconds) of one request to 127.0.0.1:port."""
+    import http.client
+    t0 = time.monotonic()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request(method, path)
+        r = c.getresponse()
+        body = r.read().decode()
+        return r.status, dict(r.getheaders()), body, time.monotonic() - t0
+    finally:
+        c.close()
+
+
+def prometheus_parser():
+    """prometheus_client's exposition-format parser, from Debian's python3-prometheus-client (pure
+    Python) even when python3 on PATH is another interpreter than Debian's."""
+    try:
+        from prometheus_client.parser import text_string_to_metric_families
+    except ImportError:
+        sys.path.append("/usr/lib/python3/dist-packages")
+        try:
+            from prometheus_client.parser import text_string_to_metric_families
+        except ImportError:
+            raise Failure("prometheus_client not found: install python3-prometheus-client (contrib/install-deps)")
+    return text_string_to_metric_families
+
+
+def scrape(port):
+    """The metric families of one scrape, parsed by the Prometheus client library's own parser:
+    {family name: (type, [(sample name, labels, value)])}. Counters are keyed with their _total
+    name, as the exposition text writes them."""
+    text_string_to_metric_families = prometheus_parser()
+    status, headers, body, _ = http_get(port)
+    check(status == 200, "scrape answered %d: %s" % (status, body[:300]))
+    check(headers.get("Content-Type") == "text/plain; version=0.0.4; charset=utf-8",
+          "content type: %r" % headers.get("Content-Type"))
+    fams = {}
+    for f in text_string_to_metric_families(body):
+        name = f.name + "_total" if f.type == "counter" and not f.name.endswith("_total") else f.name
+        check(name not in fams, "family %s twice" % name)
+        fams[name] = (f.type, [(s.name, dict(s.labels), s.value) for s in f.samples])
+    seen = set()
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            series = line.rsplit(" ", 1)[0]
+            check(series not in seen, "duplicate series %s" % series)
+            seen.add(series)
+    return fams, body
+
+
+def mvalue(fams, name, **labels):
+    """The value of the one sample of `name` with exactly these labels, or None."""
+    for sname, slabels, v in fams.get(name, (None, []))[1]:
+        if sname == name and slabels == labels:
+            return v
+    return None
+
+
+def metrics_config(d, cluster, port, sink_port, jobs, demo_extra=RPO_OBJECTIVES, alerts=""):
+    text = probe_config(d, cluster, jobs, demo_extra=demo_extra,
+                        daemon_extra="  metrics_listen: 127.0.0.1:%d\n" % port)
+    return text + alerts + """notifiers:
+  hook: { type: webhook, url: "http://127.0.0.1:%d/%s" }
+""" % (sink_port, METRICS_HOOK_TOKEN)
+
+
+@test
+def metrics_endpoint_after_backup_probe_health(cluster):
+    """After a backup, a restore probe, health checks and a storage run, /metrics parses with the
+    Prometheus client's parser, has every SPEC family with its type, and its values agree with the
+    state database and pgvigilctl; other paths and methods are refused; nothing secret shows; a
+    reload moves the endpoint, and a move to a taken port keeps the old one."""
+    probe_prepare(cluster)
+    d = Daemon()
+    sink = WebhookSink()
+    blocker = None
+    try:
+        port = free_port()
+        jobs = BACKUP_JOB % 3 + PROBE_JOB % ("demo", "60s") + HEALTH_FAST + STORAGE_JOB
+        d.write_config(metrics_config(d, cluster, port, sink.port, jobs))
+        d.start()
+        check("metrics endpoint listening address=127.0.0.1:%d" % port in d.logtext(), "no listening line")
+        b = good_backup(d, "bk")
+        p = run_job(d, "probe")
+        check(p["result"] == "ok", "probe: %r" % p)
+        s = run_job(d, "storage")
+        check(s["result"] == "ok", "storage: %r" % s)
+        wait_for(lambda: [r for r in d.runs("health") if r["result"] == "ok"], 10, "a good health check")
+        # the backup_succeeded event reaches the sink: counted as sent
+        wait_for(lambda: [m for m in sink.messages() if m["json"]["rule"] == "backup_succeeded"], 20,
+                 "the backup_succeeded notification")
+
+        def sent():
+            return (mvalue(scrape(port)[0], "pgvigil_notifications_sent_total", notifier="hook") or 0) >= 1
+        wait_for(sent, 10, "the notification counted as sent")
+        before = {r["id"]: r for r in d.runs()}
+        fams, body = scrape(port)
+        after = {r["id"]: r for r in d.runs()}
+
+        for name, typ in SPEC_METRICS.items():
+            check(name in fams, "family %s missing; families: %s" % (name, sorted(fams)))
+            check(fams[name][0] == typ, "%s is a %s, not a %s" % (name, fams[name][0], typ))
+        check(mvalue(fams, "pgvigil_up") == 1, "pgvigil_up")
+        check(mvalue(fams, "pgvigil_database_up", database="demo") == 1, "database_up")
+        cs = mvalue(fams, "pgvigil_connect_seconds", database="demo")
+        check(cs is not None and 0 < cs < 5, "connect_seconds %r" % cs)
+        cat = backups_json(d, "demo")[0]
+        size = mvalue(fams, "pgvigil_backup_size_bytes", database="demo", job="bk")
+        check(size is not None and size > 0 and size == cat["size"], "backup size %r, catalog %r" % (size, cat))
+        dur = mvalue(fams, "pgvigil_backup_duration_seconds", database="demo", job="bk")
+        check(dur is not None and 0 < dur < 60, "backup duration %r" % dur)
+        last = mvalue(fams, "pgvigil_backup_last_success_timestamp_seconds", database="demo", job="bk")
+        check(last == run_by_id(d, b["id"])["finished"], "backup last success %r vs run %r" % (last, b))
+        rpo = mvalue(fams, "pgvigil_rpo_seconds", database="demo")
+        st = status_db(d)
+        check(rpo is not None and abs(rpo - st["rpo"]["seconds"]) <= 2 and 0 <= rpo < 300,
+              "rpo %r vs status %r" % (rpo, st["rpo"]))
+        check(mvalue(fams, "pgvigil_rpo_objective_seconds", database="demo") == 4 * 3600, "rpo objective")
+        check(abs(mvalue(fams, "pgvigil_rto_seconds", database="demo") - st["rto"]["seconds"]) < 1e-6,
+              "rto vs status %r" % st["rto"])
+        check(mvalue(fams, "pgvigil_rto_objective_seconds", database="demo") == 3600, "rto objective")
+        check(mvalue(fams, "pgvigil_restore_probe_last_success_timestamp_seconds", database="demo")
+              == run_by_id(d, p["id"])["finished"], "probe last success")
+        pd = mvalue(fams, "pgvigil_restore_probe_duration_seconds", database="demo")
+        check(pd is not None and abs(pd - figures(p)["total_seconds"]) < 1e-6, "probe duration %r" % pd)
+        check(mvalue(fams, "pgvigil_restore_probe_success", database="demo") == 1, "probe success")
+        ratio = mvalue(fams, "pgvigil_storage_used_ratio")
+        check(ratio is not None and abs(ratio - figures(s)["used_ratio"]) < 1e-9 and 0 < ratio <= 1,
+              "storage ratio %r vs %r" % (ratio, figures(s)))
+        firing = {l["severity"]: v for _, l, v in fams["pgvigil_alerts_firing"][1]}
+        check(set(firing) == {"critical", "warning", "info"}, "severities: %r" % firing)
+        check(mvalue(fams, "pgvigil_notifications_pending", notifier="hook") is not None, "pending")
+        check(mvalue(fams, "pgvigil_notifications_failed_total", notifier="hook") == 0, "failed")
+        # every job and result, counted like the runs table (health keeps running: bounded by the
+        # counts before and after the scrape)
+        for job in ("bk", "probe", "storage", "health"):
+            for result in ("ok", "failed", "timeout", "cancelled", "interrupted"):
+                v = mvalue(fams, "pgvigil_job_runs_total", job=job, result=result)
+                lo = len([r for r in before.values() if r["job"] == job and r["result"] == result])
+                hi = len([r for r in after.values() if r["job"] == job and r["result"] == result])
+                check(v is not None and lo <= v <= hi, "job_runs_total{%s,%s} = %r, runs table %d..%d"
+                      % (job, result, v, lo, hi))
+        check(mvalue(fams, "pgvigil_job_runs_total", job="bk", result="ok") == 1, "one backup counted")
+        check(mvalue(fams, "pgvigil_metrics_collect_errors") == 0, "collect errors")
+        for secret in (PASSWORD, METRICS_HOOK_TOKEN, "http://127.0.0.1:%d" % sink.port):
+            check(secret not in body, "a secret is in the metrics: %s" % secret)
+
+        # other paths, other methods, HEAD
+        status, _, _, _ = http_get(port, "/other")
+        check(status == 404, "/other answered %d" % status)
+        status, _, _, _ = http_get(port, "/")
+        check(status == 404, "/ answered %d" % status)
+        status, headers, _, _ = http_get(port, "/metrics", method="POST")
+        check(status == 405 and headers.get("Allow") == "GET, HEAD", "POST: %d %r" % (status, headers))
+        status, headers, text, _ = http_get(port, "/metrics", method="HEAD")
+        check(status == 200 and text == "" and int(headers["Content-Length"]) > 1000, "HEAD: %d %r" % (status, headers))
+
+        # 100 scrapes in a row: how long one takes with this configuration
+        times = sorted(http_get(port)[3] for _ in range(100))
+        print("     100 scrapes (%d jobs, %d runs): median %.2f ms, p99 %.2f ms, max %.2f ms"
+              % (jobs.count("type:"), len(d.runs()), times[49] * 1e3, times[98] * 1e3, times[99] * 1e3), flush=True)
+        check(times[98] < 0.5, "p99 scrape %.3fs" % times[98])
+
+        # reload: the endpoint moves
+        port2 = free_port()
+        d.write_config(metrics_config(d, cluster, port2, sink.port, jobs))
+        d.ctl("reload", check_rc=0)
+        check(mvalue(scrape(port2)[0], "pgvigil_up") == 1, "new address")
+        try:
+            http_get(port, timeout=2)
+            check(False, "the old address still answers")
+        except OSError:
+            pass
+        # reload to a taken port: the reload stands, the endpoint stays where it is, the log says why
+        blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        taken = blocker.getsockname()[1]
+        d.write_config(metrics_config(d, cluster, taken, sink.port, jobs))
+        d.ctl("reload", check_rc=0)
+        check(mvalue(scrape(port2)[0], "pgvigil_config_last_reload_successful") == 1, "reload result")
+        log = d.logtext()
+        check("metrics endpoint not moved, still serving address=127.0.0.1:%d" % port2 in log
+              and "127.0.0.1:%d" % taken in log and "Address already in use" in log, "log tail:\n" + log[-2000:])
+        check(d.stop() == 0, "exit status")
+    finally:
+        if blocker is not None:
+            blocker.close()
+        d.cleanup()
+        sink.close()
+
+
+@test
+def metrics_scrape_fast_during_backup_and_alerts_counted(cluster):
+    """While pg_dump streams (stalled for 30 s), scrapes answer in well under a second and show the
+    backup running but not counted; an RPO objective breached shows as a firing critical alert, the
+    same count pgvigilctl alerts shows."""
+    ensure_bulk(cluster)
+    probe_prepare(cluster)
+    d = Daemon()
+    sink = WebhookSink()
+    try:
+        port = free_port()
+        pgbin = make_pg_bin(d, pg_dump=STALL_DUMP.replace("sleep 3", "sleep 30"))
+        jobs = BACKUP_JOB % 3 + HEALTH_FAST
+        d.write_config(metrics_config(d, cluster, port, sink.port, jobs, demo_extra="    objectives: { rpo: 2s }\n",
+                                      alerts="alerts:\n  group_wait: 1s\n")
+                       .replace("daemon:\n", "daemon:\n  pg_bin_dir: %s\n" % pgbin, 1))
+        d.start()
+        rid = started_run(d, "bk")
+        wait_for(lambda: real_dump_pids(pgbin), 10, "the real pg_dump")
+        times = []
+        for _ in range(20):
+            status, _, body, secs = http_get(port)
+            check(status == 200, "scrape during a backup: %d" % status)
+            times.append(secs)
+        times.sort()
+        print("     20 scrapes during a backup: median %.2f ms, max %.2f ms" % (times[10] * 1e3, times[-1] * 1e3),
+              flush=True)
+        check(times[-1] < 1.0, "slowest scrape during a backup took %.3fs" % times[-1])
+        fams, _ = scrape(port)
+        check(mvalue(fams, "pgvigil_jobs_running") >= 1, "running jobs")
+        check(mvalue(fams, "pgvigil_job_runs_total", job="bk", result="ok") == 0, "running backup counted")
+        check(run_by_id(d, rid)["result"] is None, "the backup ended early: %r" % run_by_id(d, rid))
+
+        def critical_firing():
+            al = [a for a in d.ctl_json("alerts")["alerts"] if a["status"] == "firing"]
+            return al if [a for a in al if a["rule"] == "rpo_breach"] else None
+        al = wait_for(critical_firing, 60, "rpo_breach firing")
+        fams, _ = scrape(port)
+        al = [a for a in d.ctl_json("alerts")["alerts"] if a["status"] == "firing"]
+        for sev in ("critical", "warning", "info"):
+            want = len([a for a in al if a["severity"] == sev])
+            check(mvalue(fams, "pgvigil_alerts_firing", severity=sev) == want,
+                  "alerts_firing{%s} = %r, pgvigilctl alerts: %d" % (sev, mvalue(fams, "pgvigil_alerts_firing",
+                                                                                severity=sev), want))
+        check(mvalue(fams, "pgvigil_alerts_firing", severity="critical") >= 1, "no critical alert counted")
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+        sink.close()
+
+
+@test
+def metrics_bind_conflict_refuses_start(cluster):
+    """A metrics port already taken: the daemon exits 1 at start, naming the address and the reason,
+    and leaves no control socket behind."""
+    d = Daemon()
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        port = blocker.getsockname()[1]
+        d.write_config(base_config(d, cluster, HEALTH_FAST, daemon_extra="  metrics_listen: 127.0.0.1:%d\n" % port))
+        out = subprocess.run([PGVIGILD, "--foreground", "-c", d.config], capture_output=True, text=True, timeout=20,
+                             env=dict(os.environ, DEMO_PASS=PASSWORD))
+        check(out.returncode == 1, "exit %d; stderr:\n%s" % (out.returncode, out.stderr))
+        check("cannot serve metrics on 127.0.0.1:%d (daemon.metrics_listen)" % port in out.stderr
+              and "Address already in use" in out.stderr, "message: " + out.stderr)
+        check(not os.path.exists(d.socket), "control socket left behind")
+        # a name that does not resolve is refused the same way
+        d.write_config(base_config(d, cluster, HEALTH_FAST,
+                                   daemon_extra="  metrics_listen: no-such-host.invalid:9187\n"))
+        out = subprocess.run([PGVIGILD, "--foreground", "-c", d.config], capture_output=True, text=True, timeout=30,
+                             env=dict(os.environ, DEMO_PASS=PASSWORD))
+        check(out.returncode == 1 and "no-such-host.invalid" in out.stderr, "unresolvable host: " + out.stderr)
+    finally:
+        blocker.close()
+        d.cleanup()
+
+
+@test
+def contrib_dashboard_and_rules_match_exported_metrics(cluster):
+    """contrib/grafana/pgvigil.json and contrib/prometheus/pgvigil-rules.yml parse, and every
+    expression in them names only families a real scrape has (tests/contrib_check.py; with promtool
+    on PATH also promtool check rules and the rules' unit tests)."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import contrib_check
+    d = Daemon()
+    try:
+        port = free_port()
+        d.write_config(base_config(d, cluster, HEALTH_FAST + STORAGE_JOB,
+                                   daemon_extra="  metrics_listen: 127.0.0.1:%d\n" % port))
+        d.start()
+        _, body = scrape(port)
+        families = {line.split()[2] for line in body.splitlines() if line.startswith("# TYPE ")}
+        check(families == contrib_check.names_from_source(),
+              "src/metrics/metrics.c and the scrape disagree: %r" % (families ^ contrib_check.names_from_source()))
+        problems, notes = contrib_check.check_all(families)
+        for n in notes:
+            print("     " + n, flush=True)
+        check(not problems, "contrib files:\n" + "\n".join(problems))
+        # the checker itself can fail
+        bad = []
+        contrib_check.check_expr("probe", 'rate(pgvigil_no_such_total{databse="x"}[5m])', families, set(), bad)
+        check(len(bad) == 2, "checker missed an unknown metric or label: %r" % bad)
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
 # ---- make demo (contrib/demo --batch) ----
 
 DEMO = os.path.join(ROOT, "contrib", "demo")

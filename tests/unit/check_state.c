@@ -389,6 +389,141 @@ START_TEST(test_state__runs_round_trip)
 }
 END_TEST
 
+/* The tally entry for (job, database, result, settled), or NULL. */
+static const struct pv_state_run_tally *
+tally_find(const struct pv_state_run_tally *v, size_t n, const char *job, const char *database,
+           const char *result, bool settled)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(v[i].job, job) == 0 && strcmp(v[i].result, result) == 0 &&
+		    v[i].settled == settled &&
+		    (database == NULL ? v[i].database == NULL
+		                      : v[i].database != NULL && strcmp(v[i].database, database) == 0))
+			return &v[i];
+	return NULL;
+}
+
+START_TEST(test_state__runs_tally_settles_behind_running)
+{
+	TEST_PATHS();
+	struct pv_state *st = open_ok(path);
+	struct pv_error err = {0};
+	struct pv_state_run_tally *v;
+	const struct pv_state_run_tally *t;
+	int64_t ids[6], settled = -1;
+	size_t n;
+
+	/* Empty: nothing counted, nothing settled beyond where we started. */
+	ck_assert(pv_state_runs_tally(st, 0, 0, &settled, &v, &n, &err));
+	ck_assert_uint_eq(n, 0);
+	ck_assert_ptr_null(v);
+	ck_assert_int_eq(settled, 0);
+
+	ck_assert(pv_state_run_begin(st, "bk", "backup", "prod", "schedule", 0, 100, &ids[0], &err));
+	ck_assert(pv_state_run_begin(st, "bk", "backup", "prod", "schedule", 0, 200, &ids[1], &err));
+	ck_assert(pv_state_run_begin(st, "long", "backup", "prod", "manual", 0, 300, &ids[2], &err));
+	ck_assert(pv_state_run_begin(st, "hc", "health", "prod", "schedule", 0, 310, &ids[3], &err));
+	ck_assert(pv_state_run_begin(st, "st", "storage", NULL, "schedule", 0, 320, &ids[4], &err));
+	ck_assert(pv_state_run_begin(st, "hc", "health", "prod", "schedule", 0, 330, &ids[5], &err));
+	ck_assert(pv_state_run_end(st, ids[0], 150, 50, "ok", NULL, NULL, &err));
+	ck_assert(pv_state_run_end(st, ids[1], 250, 50, "ok", NULL, NULL, &err));
+	ck_assert(pv_state_run_end(st, ids[3], 311, 1, "failed", "refused", NULL, &err));
+	ck_assert(pv_state_run_end(st, ids[4], 321, 1, "ok", NULL, NULL, &err));
+	/* ids[2] ("long") and ids[5] are still running. */
+
+	ck_assert(pv_state_runs_tally(st, 0, 0, &settled, &v, &n, &err));
+	ck_assert_int_eq(settled, ids[1]);
+	t = tally_find(v, n, "bk", "prod", "ok", true);
+	ck_assert_ptr_nonnull(t);
+	ck_assert_int_eq(t->count, 2);
+	ck_assert_int_eq(t->last_finished, 250);
+	/* Ended after the oldest running run: counted, but not final. */
+	t = tally_find(v, n, "hc", "prod", "failed", false);
+	ck_assert_ptr_nonnull(t);
+	ck_assert_int_eq(t->count, 1);
+	t = tally_find(v, n, "st", NULL, "ok", false);
+	ck_assert_ptr_nonnull(t);
+	ck_assert_int_eq(t->count, 1);
+	ck_assert_int_eq(t->last_finished, 321);
+	ck_assert_uint_eq(n, 3); /* running runs are not counted */
+	pv_state_run_tallies_free(v, n);
+
+	/* Asked again from the settled id: only what came after is read. */
+	ck_assert(pv_state_run_end(st, ids[2], 400, 100, "timeout", "too slow", NULL, &err));
+	ck_assert(pv_state_runs_tally(st, settled, 0, &settled, &v, &n, &err));
+	ck_assert_int_eq(settled, ids[4]);
+	ck_assert_ptr_null(tally_find(v, n, "bk", "prod", "ok", true));
+	ck_assert_ptr_nonnull(tally_find(v, n, "long", "prod", "timeout", true));
+	ck_assert_ptr_nonnull(tally_find(v, n, "hc", "prod", "failed", true));
+	ck_assert_ptr_nonnull(tally_find(v, n, "st", NULL, "ok", true));
+	ck_assert_uint_eq(n, 3);
+	pv_state_run_tallies_free(v, n);
+
+	/* Everything ended: settled reaches the newest id, and a further ask finds nothing new. */
+	ck_assert(pv_state_run_end(st, ids[5], 331, 1, "ok", NULL, NULL, &err));
+	ck_assert(pv_state_runs_tally(st, settled, 0, &settled, &v, &n, &err));
+	ck_assert_int_eq(settled, ids[5]);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_ptr_nonnull(tally_find(v, n, "hc", "prod", "ok", true));
+	pv_state_run_tallies_free(v, n);
+	ck_assert(pv_state_runs_tally(st, settled, 0, &settled, &v, &n, &err));
+	ck_assert_int_eq(settled, ids[5]);
+	ck_assert_uint_eq(n, 0);
+	pv_state_run_tallies_free(v, n);
+	pv_state_run_tallies_free(NULL, 0);
+
+	/* In steps of two runs: each step settles at most two, and the steps add up to the same. */
+	{
+		int64_t total = 0, from = 0;
+		int steps = 0;
+		do {
+			from = settled;
+			if (steps == 0)
+				from = 0;
+			ck_assert(pv_state_runs_tally(st, from, 2, &settled, &v, &n, &err));
+			ck_assert_int_le(settled - from, 2);
+			for (size_t i = 0; i < n; i++) {
+				ck_assert(v[i].settled);
+				total += v[i].count;
+			}
+			pv_state_run_tallies_free(v, n);
+			steps++;
+		} while (settled > from);
+		ck_assert_int_eq(settled, ids[5]);
+		ck_assert_int_eq(total, 6);
+		ck_assert_int_eq(steps, 4); /* 2 + 2 + 2, then an empty step */
+	}
+	/* A step stops at a running run. */
+	{
+		int64_t running;
+		ck_assert(pv_state_run_begin(st, "bk", "backup", "prod", "schedule", 0, 500, &running, &err));
+		ck_assert(pv_state_run_begin(st, "hc", "health", "prod", "schedule", 0, 510, &ids[0], &err));
+		ck_assert(pv_state_run_end(st, ids[0], 511, 1, "ok", NULL, NULL, &err));
+		ck_assert(pv_state_runs_tally(st, ids[5], 10, &settled, &v, &n, &err));
+		ck_assert_int_eq(settled, ids[5]);
+		ck_assert_uint_eq(n, 1);
+		ck_assert(!v[0].settled);
+		ck_assert_str_eq(v[0].job, "hc");
+		pv_state_run_tallies_free(v, n);
+		ck_assert(pv_state_run_end(st, running, 520, 20, "ok", NULL, NULL, &err));
+	}
+
+	/* From scratch, the settled counts add up to every ended run. */
+	ck_assert(pv_state_runs_tally(st, 0, 0, &settled, &v, &n, &err));
+	ck_assert_int_eq(settled, ids[0]); /* the newest run */
+	{
+		int64_t total = 0;
+		for (size_t i = 0; i < n; i++) {
+			ck_assert(v[i].settled);
+			total += v[i].count;
+		}
+		ck_assert_int_eq(total, 8);
+	}
+	pv_state_run_tallies_free(v, n);
+	pv_state_close(st);
+}
+END_TEST
+
 START_TEST(test_state__error_names_action)
 {
 	TEST_PATHS();
@@ -1729,6 +1864,7 @@ main(void)
 	tcase_add_test(tc, test_state__open_creates_private_wal_file);
 	tcase_add_test(tc, test_state__newer_schema_refused);
 	tcase_add_test(tc, test_state__runs_round_trip);
+	tcase_add_test(tc, test_state__runs_tally_settles_behind_running);
 	tcase_add_test(tc, test_state__error_names_action);
 	tcase_add_test(tc, test_state__unfinished_runs_marked_interrupted);
 	tcase_add_test(tc, test_state__sched_get_set);
