@@ -107,7 +107,7 @@ uninstall:
 FUZZ_B := build-fuzz
 FUZZ_CC := $(firstword $(foreach c,clang clang-14 clang-15 clang-16,$(shell command -v $(c) 2>/dev/null)))
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := config ctl_protocol cron crypto_stream manifest
+FUZZ_TARGETS := config ctl_protocol ctl_server cron crypto_stream manifest
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_B)/fuzz_%)
 # Assertions on, fortification off (the config target wraps open(2), which _FORTIFY_SOURCE would rename);
 # the stream reader's search for a misplaced chunk (4 MiB of AES per failed chunk) shrunk to 64 positions.
