@@ -17,6 +17,7 @@
 #include <jansson.h>
 
 #include "crypto/crypto.h"
+#include "jobs/catalog.h"
 #include "loop/work.h"
 #include "storage/storage.h"
 #include "util/log.h"
@@ -1132,6 +1133,41 @@ START_TEST(test_storage__manifest_round_trip)
 }
 END_TEST
 
+/* A catalog rebuilt from storage reads the times of a manifest as validation accepts them, fractions of a
+ * second included (they used to be read as 1970-01-01). */
+START_TEST(test_storage__catalog_rebuild_reads_manifest_times)
+{
+	char *storage = test_dir();
+	const char *id = "20261124T020000Z-daily";
+	char *job = pv_asprintf("%s/prod/daily-backup", storage);
+	char *dir = pv_asprintf("%s/%s", job, id);
+	char *db = pv_asprintf("%s/state.db", storage);
+	json_t *m = good_manifest(id, false);
+	struct pv_state *st;
+	struct pv_state_backup b = {0};
+	struct pv_catalog_report rep;
+	struct pv_error err;
+
+	ck_assert_str_eq(json_string_value(json_object_get(m, "finished")), "2026-11-24T02:01:30.250Z");
+	ck_assert(pv_store_mkdirs(dir, &err));
+	ck_assert_msg(pv_store_manifest_write(dir, m, &err), "%s", err.msg);
+	ck_assert_msg(pv_state_open(db, &st, &err), "%s", err.msg);
+	ck_assert_msg(pv_catalog_sync(st, storage, false, &rep, &err), "%s", err.msg);
+	ck_assert_uint_eq(rep.rebuilt, 1);
+	ck_assert_msg(pv_state_backup_find(st, "prod/daily-backup/20261124T020000Z-daily", &b, &err), "%s",
+	              err.msg);
+	ck_assert_int_eq(b.started, 1795485600);  /* 2026-11-24T02:00:00Z */
+	ck_assert_int_eq(b.finished, 1795485690); /* 2026-11-24T02:01:30Z */
+	pv_state_backup_clear(&b);
+	pv_state_close(st);
+	json_decref(m);
+	free(db);
+	free(dir);
+	free(job);
+	free(storage);
+}
+END_TEST
+
 struct bad_case {
 	const char *field; /* dotted path to change */
 	const char *json;  /* new value as JSON, NULL = delete */
@@ -1388,6 +1424,7 @@ main(void)
 	tcase_add_test(layout, test_storage__cleanup_temp);
 	tcase_add_test(layout, test_storage__manifest_round_trip);
 	tcase_add_test(layout, test_storage__manifest_validation);
+	tcase_add_test(layout, test_storage__catalog_rebuild_reads_manifest_times);
 	tcase_add_test(layout, test_storage__scan);
 	tcase_add_test(layout, test_storage__fs_usage);
 	suite_add_tcase(s, stream);
