@@ -102,6 +102,27 @@ uninstall:
 		$(DESTDIR)$(prefix)/lib/sysusers.d/pgvigil.conf $(DESTDIR)$(prefix)/lib/tmpfiles.d/pgvigil.conf
 	for m in $(MANS); do s=$${m##*.}; rm -f $(DESTDIR)$(mandir)/man$$s/$${m##*/}; done
 
+# ---- valgrind: the unit binaries (one process each, CK_FORK=no) and the e2e suite's pgvigild and
+# pgvigilctl under memcheck; one log per process in $(B)/valgrind, summarised by tests/valgrind-report.
+# PGVIGIL_SLOW scales the e2e harness's timeouts; E2E="test ..." runs only those e2e tests.
+# --max-stackframe: check_notify keeps two 1.1 MiB test worlds in one frame; --child-silent-after-fork:
+# a child that fails to exec exits holding its parent's memory, which is not a leak.
+PGVIGIL_SLOW ?= 10
+VALGRIND_LOGS := $(CURDIR)/$(B)/valgrind
+VALGRIND := valgrind --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
+	--error-exitcode=1 --num-callers=30 --max-stackframe=4194304 --child-silent-after-fork=yes \
+	--log-file=$(VALGRIND_LOGS)/%p.log
+
+check-valgrind: all $(UNIT_BINS)
+	@command -v valgrind >/dev/null || { echo "valgrind not found: run contrib/install-deps" >&2; exit 1; }
+	@if [ -n "$(SAN_FLAGS)" ]; then \
+		echo "check-valgrind needs a build without sanitizers: ./configure (no --enable-sanitizers)" >&2; \
+		exit 1; fi
+	rm -rf $(VALGRIND_LOGS) && mkdir -p $(VALGRIND_LOGS) && chmod 1777 $(VALGRIND_LOGS)
+	CK_FORK=no PGVIGIL_WRAP="$(VALGRIND)" PGVIGIL_SLOW=$(PGVIGIL_SLOW) PGVIGIL_E2E_TESTS="$(E2E)" \
+		PGVIGIL_BUILD=$(B) tests/run-all $(UNIT_BINS); rc=$$?; \
+	tests/valgrind-report $(VALGRIND_LOGS) || rc=1; exit $$rc
+
 # ---- fuzzing (tests/fuzz/README.md): libFuzzer targets, built by clang in their own directory ----
 
 FUZZ_B := build-fuzz
