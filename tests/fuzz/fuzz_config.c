@@ -7,7 +7,9 @@
  * modes exist, and the environment is a fixed one: no input reaches the real file system.
  *
  * Checked beyond memory safety: failure comes with at least one error and success with none; the
- * printed effective configuration loads again without errors and prints the same way.
+ * printed effective configuration loads again without errors and prints the same way; the job
+ * planner (src/sched/sched.c) accepts the jobs as the daemon hands them over and plans them for a
+ * few ticks, a year apart.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -20,6 +22,7 @@
 
 #include "config/config.h"
 #include "sched/cron.h"
+#include "sched/sched.h"
 #include "fuzz.h"
 
 static char files_dir[4096 + 16];
@@ -172,6 +175,60 @@ unredact(const char *text)
 	return out;
 }
 
+/* The jobs as daemon.c's sched_load gives them to the planner, then a few ticks and questions. */
+static void
+check_planner(const struct pv_config *cfg)
+{
+	struct pv_sched_job *jobs = calloc(cfg->n_jobs + 1, sizeof(*jobs));
+	struct pv_sched *s = pv_sched_new(cfg->daemon.max_parallel_jobs);
+	struct pv_error err;
+	time_t wall = 1795485600; /* 2026-11-24T02:00:00Z */
+	double mono = 1000.0;
+
+	if (jobs == NULL)
+		abort();
+	for (size_t i = 0; i < cfg->n_jobs; i++) {
+		const struct pv_config_job *job = &cfg->jobs[i];
+
+		jobs[i] = (struct pv_sched_job){
+		        .name = job->name,
+		        .cron = job->cron,
+		        .tz = job->tz,
+		        .every = (double)job->every,
+		        .jitter = (int)job->jitter,
+		        .grace = (int)job->grace,
+		        .catch_up = job->catch_up,
+		        .heavy = job->heavy,
+		        /* Every other calendar job was last handled three days ago: catch-up. */
+		        .has_last_slot = job->cron != NULL && i % 2 == 0,
+		        .last_slot = wall - 3 * 86400,
+		};
+	}
+	PV_FUZZ_CHECK(pv_sched_configure(s, jobs, cfg->n_jobs, wall, mono, &err),
+	              "the planner refuses the jobs of a configuration that loaded: %s", err.msg);
+	for (int t = 0; t < 4; t++) {
+		struct pv_sched_tick tick = {0};
+		double sleep;
+
+		pv_sched_tick(s, wall, mono, &tick);
+		for (size_t i = 0; i < tick.nruns; i++)
+			pv_sched_run_finished(s, tick.runs[i].job);
+		pv_sched_tick_clear(&tick);
+		sleep = pv_sched_next_wakeup(s, wall, mono);
+		PV_FUZZ_CHECK(sleep >= 0 && sleep <= PV_SCHED_MAX_SLEEP, "wake-up in %g s", sleep);
+		for (size_t i = 0; i < cfg->n_jobs; i++) {
+			time_t when, slot;
+
+			(void)pv_sched_next_start(s, cfg->jobs[i].name, wall, mono, &when);
+			(void)pv_sched_next_due(s, cfg->jobs[i].name, &slot);
+		}
+		wall += t == 0 ? (time_t)sleep : 366 * 86400;
+		mono += t == 0 ? sleep : 366 * 86400.0;
+	}
+	pv_sched_free(s);
+	free(jobs);
+}
+
 static void
 check_config(struct pv_config *cfg)
 {
@@ -195,6 +252,7 @@ check_config(struct pv_config *cfg)
 		PV_FUZZ_CHECK(pv_config_database_find(cfg, cfg->databases[i].name) == &cfg->databases[i],
 		              "database %s not found by name", cfg->databases[i].name);
 
+	check_planner(cfg);
 	/* The printed configuration is YAML this loader reads back to the same configuration, once the
 	 * redacted secrets are given values (URLs, as some secrets must be). */
 	f = open_memstream(&text, &len);
