@@ -629,7 +629,7 @@ END_TEST
 
 /* Inputs that found bugs with the config fuzz target (tests/fuzz/README.md): each either fails to load,
  * or loads into jobs the planner accepts as the daemon hands them over, and prints a configuration that
- * loads again. */
+ * loads again and prints the same (unless it holds secrets, which are printed redacted). */
 START_TEST(test_config__fuzz_regressions)
 {
 	const char *dir_name = "tests/fuzz/regress/config";
@@ -644,8 +644,8 @@ START_TEST(test_config__fuzz_regressions)
 		struct pv_config *cfg, *again;
 		struct pv_sched *sched;
 		struct pv_sched_job *jobs;
-		char *path, *out = NULL;
-		size_t len = 0;
+		char *path, *out = NULL, *out2 = NULL;
+		size_t len = 0, len2 = 0;
 		FILE *f;
 
 		if (de->d_name[0] == '.')
@@ -680,6 +680,14 @@ START_TEST(test_config__fuzz_regressions)
 		again = pv_config_load_string(path, out, &diag2, &err);
 		ck_assert_msg(again != NULL, "%s: the printed configuration does not load: %s\n%s", path,
 		              err.msg, out);
+		f = open_memstream(&out2, &len2);
+		pv_config_dump(again, f);
+		fclose(f);
+		ck_assert_msg(strcmp(out, out2) == 0 || strstr(out, "<redacted: ") != NULL,
+		              "%s: the printed configuration loads differently:\n%s\n---\n%s", path, out,
+		              out2);
+		free(out2);
+		out2 = NULL;
 		pv_config_unref(again);
 		pv_sched_free(sched);
 		free(jobs);
@@ -691,6 +699,45 @@ START_TEST(test_config__fuzz_regressions)
 	}
 	closedir(dir);
 	ck_assert_int_gt(files, 0);
+}
+END_TEST
+
+/* Found with the config fuzz target's round trip: "%g" printed factor 1.0000001 as 1, which the loader
+ * refuses, and NEL, LS and PS were printed raw, which YAML reads as line breaks. */
+START_TEST(test_config__dump_round_trips_edge_values)
+{
+	struct pv_config_diag diag = {0}, diag2 = {0};
+	struct pv_config *cfg =
+	        load_ok(BASE_DB "    critical_tables: [\"a\\u2028b\", \"x\\u0085y\", \"p\\u2029\"]\n"
+	                        "alerts:\n  rules:\n    backup_slow: { factor: 1.0000001 }\n"
+	                        "    backup_size_anomaly: { change: 33.3% }\n"
+	                        "    storage_usage: { above: 99.99999% }\n",
+	                &diag);
+	struct pv_config *cfg2;
+	char *out = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&out, &len);
+
+	pv_config_dump(cfg, f);
+	fclose(f);
+	ck_assert_ptr_nonnull(strstr(out, "critical_tables: [\"a\\Lb\", \"x\\Ny\", \"p\\P\"]\n"));
+	ck_assert_ptr_nonnull(strstr(out, "factor: 1.0000001 }"));
+	ck_assert_ptr_nonnull(strstr(out, "change: \"33.3%\" }"));
+	cfg2 = load_ok(out, &diag2);
+	ck_assert(cfg2->alerts.rules[PV_RULE_BACKUP_SLOW].factor ==
+	          cfg->alerts.rules[PV_RULE_BACKUP_SLOW].factor);
+	ck_assert(cfg2->alerts.rules[PV_RULE_STORAGE_USAGE].above ==
+	          cfg->alerts.rules[PV_RULE_STORAGE_USAGE].above);
+	ck_assert(cfg2->alerts.rules[PV_RULE_BACKUP_SIZE_ANOMALY].change ==
+	          cfg->alerts.rules[PV_RULE_BACKUP_SIZE_ANOMALY].change);
+	for (size_t i = 0; i < 3; i++)
+		ck_assert_str_eq(cfg2->databases[0].critical_tables.v[i],
+		                 cfg->databases[0].critical_tables.v[i]);
+	pv_config_unref(cfg);
+	pv_config_unref(cfg2);
+	pv_config_diag_free(&diag);
+	pv_config_diag_free(&diag2);
+	free(out);
 }
 END_TEST
 
@@ -1193,6 +1240,7 @@ main(void)
 	tcase_add_test(tc, test_config__warnings);
 	tcase_add_test(tc, test_config__durations);
 	tcase_add_test(tc, test_config__fuzz_regressions);
+	tcase_add_test(tc, test_config__dump_round_trips_edge_values);
 	tcase_add_test(tc, test_config__names);
 	tcase_add_test(tc, test_config__refcount);
 	tcase_add_test(tc, test_config__load_file_errors);
