@@ -4,9 +4,9 @@
  * The input is decoded as pv_store_manifest_read does, then validated against no directory name,
  * the directory its id names, and that directory's temporary name.
  *
- * Checked beyond memory safety: a valid manifest's id parses as a backup id, it stays valid in its
- * own directory and written out as pv_store_manifest_write writes it and read back; an invalid one
- * gets a state error with a message.
+ * Checked beyond memory safety: a valid manifest's id parses as a backup id whose time
+ * pv_store_backup_id writes the same way, it stays valid in its own directory and written out as
+ * pv_store_manifest_write writes it and read back; an invalid one gets a state error with a message.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +42,10 @@ check_valid(const json_t *m)
 	                      tier[0] != '\0',
 	              "valid manifest with an unparsable id");
 	free(tier);
+	/* The id's time is the one pv_store_backup_id writes for the instant it stands for. */
+	text = pv_store_backup_id(started, "x");
+	PV_FUZZ_CHECK(strncmp(text, id, 16) == 0, "id %s stands for %s", id, text);
+	free(text);
 	PV_FUZZ_CHECK(pv_store_manifest_validate(m, id, &err), "invalid in its own directory: %s", err.msg);
 	snprintf(temp, sizeof(temp), "%s%s", PV_STORE_TEMP_PREFIX, id);
 	if (strlen(id) < sizeof(temp) - strlen(PV_STORE_TEMP_PREFIX))
