@@ -90,6 +90,9 @@ pv_store_backup_id_parse(const char *id, time_t *started, char **tier)
 	rest = strptime(id, "%Y%m%dT%H%M%SZ", &tm);
 	if (rest != id + 16)
 		return false;
+	/* pv_store_backup_id writes times after 1970 (earlier years would not have 4 digits). */
+	if (tm.tm_year < 70)
+		return false;
 	/* strptime takes February 31 and second 60; timegm would move them to another instant. */
 	back = tm;
 	t = timegm(&back);

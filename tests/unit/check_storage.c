@@ -880,6 +880,9 @@ START_TEST(test_storage__backup_id)
 	ck_assert(!pv_store_backup_id_parse("20260231T020000Z-daily", NULL, NULL));
 	ck_assert(!pv_store_backup_id_parse("20301231T235960Z-weekly", NULL, NULL));
 	ck_assert(!pv_store_backup_id_parse("20260229T000000Z-daily", NULL, NULL));
+	ck_assert(
+	        !pv_store_backup_id_parse("02261124T020000Z-daily", NULL, NULL)); /* written "2261124T..." */
+	ck_assert(!pv_store_backup_id_parse("19691231T235959Z-daily", NULL, NULL));
 	ck_assert(pv_store_backup_id_parse("20280229T235959Z-daily", &t, NULL));
 	ck_assert_int_eq(t, 1835481599);
 	free(a);
