@@ -80,14 +80,16 @@ pv_duration_format(int64_t secs, char *buf, size_t size)
 	return buf;
 }
 
-/* YAML reads NEL, LS and PS (UTF-8 C2 85, E2 80 A8, E2 80 A9) as line breaks, also inside quotes: their
- * length in bytes at p, or 0. */
+/* Characters YAML refuses raw (the C1 controls U+0080-U+009F, U+FFFE, U+FFFF) or reads as line
+ * breaks even inside quotes (NEL U+0085, LS U+2028, PS U+2029): their length in bytes at p (UTF-8), or 0. */
 static size_t
-unicode_break(const unsigned char *p)
+special_unicode(const unsigned char *p)
 {
-	if (p[0] == 0xc2 && p[1] == 0x85)
+	if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
 		return 2;
 	if (p[0] == 0xe2 && p[1] == 0x80 && (p[2] == 0xa8 || p[2] == 0xa9))
+		return 3;
+	if (p[0] == 0xef && p[1] == 0xbf && (p[2] == 0xbe || p[2] == 0xbf))
 		return 3;
 	return 0;
 }
@@ -111,7 +113,7 @@ needs_quotes(const char *s)
 			return true;
 		if ((*p == ':' && (p[1] == ' ' || p[1] == '\0')) || (*p == '#' && p > s && p[-1] == ' '))
 			return true;
-		if (strchr(",[]{}", *p) != NULL || unicode_break((const unsigned char *)p) > 0)
+		if (strchr(",[]{}", *p) != NULL || special_unicode((const unsigned char *)p) > 0)
 			return true;
 	}
 	return false;
@@ -120,6 +122,8 @@ needs_quotes(const char *s)
 static void
 put_str(FILE *out, const char *s)
 {
+	size_t n;
+
 	if (!needs_quotes(s)) {
 		fputs(s, out);
 		return;
@@ -134,10 +138,15 @@ put_str(FILE *out, const char *s)
 			fputs("\\t", out);
 		else if (*p < 0x20 || *p == 0x7f)
 			fprintf(out, "\\x%02x", *p);
-		else if (unicode_break(p) > 0) {
-			/* YAML's escapes for them: \N, \L, \P. */
-			fputs(p[0] == 0xc2 ? "\\N" : p[2] == 0xa8 ? "\\L" : "\\P", out);
-			p += unicode_break(p) - 1;
+		else if ((n = special_unicode(p)) > 0) {
+			/* YAML escapes: \x80-\x9f, \L, \P, \uFFFE, \uFFFF. */
+			if (n == 2)
+				fprintf(out, "\\x%02x", p[1]);
+			else if (p[0] == 0xe2)
+				fputs(p[2] == 0xa8 ? "\\L" : "\\P", out);
+			else
+				fputs(p[2] == 0xbe ? "\\uFFFE" : "\\uFFFF", out);
+			p += n - 1;
 		} else
 			fputc(*p, out);
 	}

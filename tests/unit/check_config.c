@@ -703,16 +703,18 @@ START_TEST(test_config__fuzz_regressions)
 END_TEST
 
 /* Found with the config fuzz target's round trip: "%g" printed factor 1.0000001 as 1, which the loader
- * refuses, and NEL, LS and PS were printed raw, which YAML reads as line breaks. */
+ * refuses; NEL, LS and PS were printed raw, which YAML reads as line breaks, and the other C1 controls,
+ * U+FFFE and U+FFFF, which YAML refuses. */
 START_TEST(test_config__dump_round_trips_edge_values)
 {
 	struct pv_config_diag diag = {0}, diag2 = {0};
-	struct pv_config *cfg =
-	        load_ok(BASE_DB "    critical_tables: [\"a\\u2028b\", \"x\\u0085y\", \"p\\u2029\"]\n"
-	                        "alerts:\n  rules:\n    backup_slow: { factor: 1.0000001 }\n"
-	                        "    backup_size_anomaly: { change: 33.3% }\n"
-	                        "    storage_usage: { above: 99.99999% }\n",
-	                &diag);
+	struct pv_config *cfg = load_ok(
+	        BASE_DB "    critical_tables: [\"a\\u2028b\", \"x\\u0085y\", \"p\\u2029\", \"\\u0084\", "
+	                "\"\\ufffe\"]\n"
+	                "alerts:\n  rules:\n    backup_slow: { factor: 1.0000001 }\n"
+	                "    backup_size_anomaly: { change: 33.3% }\n"
+	                "    storage_usage: { above: 99.99999% }\n",
+	        &diag);
 	struct pv_config *cfg2;
 	char *out = NULL;
 	size_t len = 0;
@@ -720,7 +722,8 @@ START_TEST(test_config__dump_round_trips_edge_values)
 
 	pv_config_dump(cfg, f);
 	fclose(f);
-	ck_assert_ptr_nonnull(strstr(out, "critical_tables: [\"a\\Lb\", \"x\\Ny\", \"p\\P\"]\n"));
+	ck_assert_ptr_nonnull(
+	        strstr(out, "critical_tables: [\"a\\Lb\", \"x\\x85y\", \"p\\P\", \"\\x84\", \"\\uFFFE\"]\n"));
 	ck_assert_ptr_nonnull(strstr(out, "factor: 1.0000001 }"));
 	ck_assert_ptr_nonnull(strstr(out, "change: \"33.3%\" }"));
 	cfg2 = load_ok(out, &diag2);
@@ -730,7 +733,7 @@ START_TEST(test_config__dump_round_trips_edge_values)
 	          cfg->alerts.rules[PV_RULE_STORAGE_USAGE].above);
 	ck_assert(cfg2->alerts.rules[PV_RULE_BACKUP_SIZE_ANOMALY].change ==
 	          cfg->alerts.rules[PV_RULE_BACKUP_SIZE_ANOMALY].change);
-	for (size_t i = 0; i < 3; i++)
+	for (size_t i = 0; i < 5; i++)
 		ck_assert_str_eq(cfg2->databases[0].critical_tables.v[i],
 		                 cfg->databases[0].critical_tables.v[i]);
 	pv_config_unref(cfg);
