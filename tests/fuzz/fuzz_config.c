@@ -119,6 +119,28 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	return 0;
 }
 
+/* A line kv_secret printed: "    KEY: "<redacted: SOURCE>"" for one of the secret keys. */
+static bool
+secret_line(const char *line, size_t len)
+{
+	static const char *const keys[] = {"password: ", "webhook_url: ", "url: ", "secret: "};
+
+	while (len > 0 && *line == ' ') {
+		line++;
+		len--;
+	}
+	if (len > 0 && line[len - 1] == '\n')
+		len--;
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		size_t k = strlen(keys[i]);
+
+		if (len > k + 14 && strncmp(line, keys[i], k) == 0 &&
+		    strncmp(line + k, "\"<redacted: ", 12) == 0 && strncmp(line + len - 2, ">\"", 2) == 0)
+			return true;
+	}
+	return false;
+}
+
 /* The dump without the header naming the file and the lines of secrets, which are printed redacted. */
 static char *
 dump_comparable(const struct pv_config *cfg)
@@ -137,7 +159,7 @@ dump_comparable(const struct pv_config *cfg)
 	for (char *line = text, *nl; *line != '\0'; line = nl) {
 		nl = strchr(line, '\n');
 		nl = nl != NULL ? nl + 1 : line + strlen(line);
-		if (line[0] == '#' || memmem(line, (size_t)(nl - line), "<redacted: ", 11) != NULL)
+		if (line[0] == '#' || secret_line(line, (size_t)(nl - line)))
 			continue;
 		memcpy(o, line, (size_t)(nl - line));
 		o += nl - line;
@@ -147,29 +169,25 @@ dump_comparable(const struct pv_config *cfg)
 	return out;
 }
 
-/* The text with each quoted "<redacted: SOURCE>" replaced by a URL (a valid value for every secret). */
+/* The text with each secret line's value replaced by a URL (a valid value for every secret). */
 static char *
 unredact(const char *text)
 {
-	static const char url[] = "\"https://redacted.invalid\"";
-	char *out = malloc(strlen(text) * 2 + sizeof(url)), *o = out;
-	const char *p = text;
+	char *out = malloc(strlen(text) * 2 + 64), *o = out;
 
 	if (out == NULL)
 		abort();
-	while (*p != '\0') {
-		if (strncmp(p, "\"<redacted: ", 12) != 0) {
-			*o++ = *p++;
-			continue;
+	for (const char *line = text, *nl; *line != '\0'; line = nl) {
+		nl = strchr(line, '\n');
+		nl = nl != NULL ? nl + 1 : line + strlen(line);
+		if (secret_line(line, (size_t)(nl - line))) {
+			const char *colon = strchr(line, ':');
+
+			o += sprintf(o, "%.*s: \"https://redacted.invalid\"\n", (int)(colon - line), line);
+		} else {
+			memcpy(o, line, (size_t)(nl - line));
+			o += nl - line;
 		}
-		/* Skip to the closing quote, past escaped characters. */
-		for (p++; *p != '\0' && *p != '"'; p++)
-			if (*p == '\\' && p[1] != '\0')
-				p++;
-		if (*p == '"')
-			p++;
-		memcpy(o, url, sizeof(url) - 1);
-		o += sizeof(url) - 1;
 	}
 	*o = '\0';
 	return out;
