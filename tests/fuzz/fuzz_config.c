@@ -4,7 +4,8 @@
  * The loader opens secret and key files named by the configuration and reads env: secrets. Here
  * every open(2) it makes outside the scratch directory is redirected (link with -Wl,--wrap=open)
  * to scratch/files/BASENAME, where a few key and secret files with good and bad contents and
- * modes exist, and the environment is a fixed one: no input reaches the real file system.
+ * modes exist, and the environment is a fixed one. The only other files read are time zones, from
+ * the system's zoneinfo directory (pv_tz_load refuses names with ".." or a leading '/').
  *
  * Checked beyond memory safety: failure comes with at least one error and success with none; the
  * printed effective configuration loads again without errors and prints the same way; the job
