@@ -178,6 +178,11 @@ static const struct error_case error_cases[] = {
          * interval's grace defaults to the interval; larger values loaded, then broke the planner. */
         {"duration_too_long", BASE_DB "jobs:\n  h: { type: health, database: db, every: 521w }\n",
          PV_ERR_CONFIG_VALUE, "5:36", "jobs.h.every", "expected a duration of at most 520w, got \"521w\""},
+        /* Found with the config fuzz target: a job name that is not a valid tier became the tier, and the
+         * printed configuration did not load. */
+        {"tier_from_job_name",
+         BASE_DB "jobs:\n  db.full: { type: backup, database: db, schedule: \"@daily\", keep: 3 }\n",
+         PV_ERR_CONFIG_VALUE, "5:3", "jobs.db.full", "the job name cannot be its tier"},
         {"jitter_too_long",
          BASE_DB "jobs:\n  h: { type: health, database: db, every: 1m, jitter: 4294967295s }\n",
          PV_ERR_CONFIG_VALUE, "5:47", "jobs.h.jitter", "at most 520w"},
