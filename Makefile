@@ -19,7 +19,8 @@ UNIT_SRCS := $(wildcard tests/unit/check_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(B)/tests/%)
 MANS := $(wildcard man/*.[1-8])
 
-.PHONY: all check unit-check e2e-check man-check format-check format install uninstall clean distclean demo deps
+.PHONY: all check unit-check e2e-check man-check format-check format install uninstall clean distclean demo deps \
+	fuzz fuzz-build fuzz-seeds check-valgrind
 
 all: $(B)/pgvigild $(B)/pgvigilctl
 
@@ -75,11 +76,11 @@ man-check:
 
 format-check:
 	@if command -v clang-format >/dev/null; then \
-		clang-format --dry-run -Werror $(wildcard src/*.[ch] src/*/*.[ch] tests/unit/*.[ch]); \
+		clang-format --dry-run -Werror $(wildcard src/*.[ch] src/*/*.[ch] tests/unit/*.[ch] tests/fuzz/*.[ch]); \
 	else echo "clang-format not installed: format check skipped"; fi
 
 format:
-	clang-format -i $(wildcard src/*.[ch] src/*/*.[ch] tests/unit/*.[ch])
+	clang-format -i $(wildcard src/*.[ch] src/*/*.[ch] tests/unit/*.[ch] tests/fuzz/*.[ch])
 
 demo: all
 	contrib/demo
@@ -125,13 +126,86 @@ uninstall:
 	for e in $(EXAMPLES); do rm -f $(DESTDIR)$(docdir)/examples/$${e##*/}; done
 	-rmdir $(DESTDIR)$(docdir)/examples $(DESTDIR)$(docdir) 2>/dev/null
 
+# ---- valgrind: the unit binaries (one process each, CK_FORK=no) and the e2e suite's pgvigild and
+# pgvigilctl under memcheck; one log per process in $(B)/valgrind, summarised by tests/valgrind-report.
+# PGVIGIL_SLOW scales the e2e harness's timeouts; E2E="test ..." runs only those e2e tests.
+# --max-stackframe: check_notify keeps two 1.1 MiB test worlds in one frame; --child-silent-after-fork:
+# a child that fails to exec exits holding its parent's memory, which is not a leak.
+PGVIGIL_SLOW ?= 10
+VALGRIND_LOGS := $(CURDIR)/$(B)/valgrind
+VALGRIND := valgrind --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
+	--error-exitcode=1 --num-callers=30 --max-stackframe=4194304 --child-silent-after-fork=yes \
+	--log-file=$(VALGRIND_LOGS)/%p.log
+
+check-valgrind: all $(UNIT_BINS)
+	@command -v valgrind >/dev/null || { echo "valgrind not found: run contrib/install-deps" >&2; exit 1; }
+	@if [ -n "$(SAN_FLAGS)" ]; then \
+		echo "check-valgrind needs a build without sanitizers: ./configure (no --enable-sanitizers)" >&2; \
+		exit 1; fi
+	rm -rf $(VALGRIND_LOGS) && mkdir -p $(VALGRIND_LOGS) && chmod 1777 $(VALGRIND_LOGS)
+	CK_FORK=no PGVIGIL_WRAP="$(VALGRIND)" PGVIGIL_SLOW=$(PGVIGIL_SLOW) PGVIGIL_E2E_TESTS="$(E2E)" \
+		PGVIGIL_BUILD=$(B) tests/run-all $(UNIT_BINS); rc=$$?; \
+	tests/valgrind-report $(VALGRIND_LOGS) || rc=1; exit $$rc
+
+# ---- fuzzing (tests/fuzz/README.md): libFuzzer targets, built by clang in their own directory ----
+
+FUZZ_B := build-fuzz
+FUZZ_CC := $(firstword $(foreach c,clang clang-14 clang-15 clang-16,$(shell command -v $(c) 2>/dev/null)))
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := config ctl_protocol ctl_server cron crypto_stream manifest
+FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_B)/fuzz_%)
+# Assertions on, fortification off (the config target wraps open(2), which _FORTIFY_SOURCE would rename);
+# the stream reader's search for a misplaced chunk (4 MiB of AES per failed chunk) shrunk to 64 positions.
+FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -U_FORTIFY_SOURCE -DPV_VERSION=\"$(PACKAGE_VERSION)\" \
+	-DPV_SYSCONFDIR=\"$(sysconfdir)\" $(filter-out -DNDEBUG,$(PV_DEFS)) -DPV_CASSERT=1 \
+	-DPV_CRYPTO_MISPLACED_WINDOW=64u -Isrc -g -O1 \
+	-Wall -Wextra -Wno-unused-parameter $(FUZZ_SAN) -fsanitize=fuzzer-no-link $(DEP_CFLAGS) -MMD -MP
+FUZZ_LIB_OBJS := $(LIB_SRCS:%.c=$(FUZZ_B)/%.o)
+# The configuration loader opens files the input names: the target redirects open(2) into a sandbox.
+FUZZ_LDFLAGS_config := -Wl,--wrap=open
+.PRECIOUS: $(FUZZ_B)/tests/fuzz/%.o
+
+$(FUZZ_B)/%.o: %.c config.mk Makefile
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c -o $@ $<
+
+$(FUZZ_B)/libpgvigil.a: $(FUZZ_LIB_OBJS)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+$(FUZZ_B)/fuzz_%: $(FUZZ_B)/tests/fuzz/fuzz_%.o $(FUZZ_B)/tests/fuzz/fuzz_common.o $(FUZZ_B)/libpgvigil.a
+	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) $(FUZZ_LDFLAGS_$*) -o $@ $^ $(DEP_LIBS) -lm
+
+fuzz-build:
+	@if [ -z "$(FUZZ_CC)" ]; then \
+		echo "fuzz: SKIPPED: clang not found (Debian packages clang, libclang-rt-14-dev: contrib/install-deps)"; \
+	else $(MAKE) --no-print-directory $(FUZZ_BINS); fi
+
+# Each target runs FUZZ_SECONDS on a scratch copy of its seeds and regression inputs (tests/fuzz/run).
+fuzz:
+	@if [ -z "$(FUZZ_CC)" ]; then \
+		echo "fuzz: SKIPPED: clang not found (Debian packages clang, libclang-rt-14-dev: contrib/install-deps)"; \
+	else $(MAKE) --no-print-directory $(FUZZ_BINS) $(FUZZ_TARGETS:%=fuzz-run-%); fi
+
+fuzz-run-%: $(FUZZ_B)/fuzz_%
+	@tests/fuzz/run $* $< $(FUZZ_SECONDS) $(FUZZ_B)
+
+# Regenerate the crypto_stream seeds with the real encryptor (the bytes are committed).
+fuzz-seeds: $(B)/tests/gen_stream_seeds
+	$(B)/tests/gen_stream_seeds tests/fuzz/corpus/crypto_stream
+
+$(B)/tests/gen_stream_seeds: tests/fuzz/gen_stream_seeds.c $(B)/libpgvigil.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $< $(B)/libpgvigil.a $(DEP_LIBS) -lm
+
 clean:
-	rm -rf $(B)
+	rm -rf $(B) $(FUZZ_B)
 
 distclean: clean
 	rm -rf config.mk config.log config.status autom4te.cache configure aclocal.m4
 
--include $(shell find $(B) -name '*.d' 2>/dev/null)
+-include $(shell find $(B) $(FUZZ_B) -name '*.d' 2>/dev/null)
 
 # ---- Release tarball: make dist, make distcheck ------------------------------------------
 # dist ships every tracked file (git ls-files, as in the working tree) plus a pre-generated

@@ -619,8 +619,15 @@ load_job(struct loader *ld, yaml_node_t *key, yaml_node_t *val, struct pv_config
 		         "expected a short word of letters, digits, '-' and '_' (at most 32), got %s",
 		         ld_quote(job->tier, q, sizeof(q)));
 	}
-	if (job->tier == NULL)
+	if (job->tier == NULL) {
+		/* The job name stands in for the tier only when it could have been written as one. */
 		job->tier = pv_strdup(infer_tier(job->name));
+		if (!valid_tier(job->tier))
+			ld_error(ld, PV_ERR_CONFIG_VALUE, key, path,
+			         "the job name cannot be its tier (at most 32 letters, digits, '-' and '_', "
+			         "unless it contains hourly, daily, weekly, monthly or yearly); HINT: set "
+			         "\"tier\"");
+	}
 	ld_strv(ld, val, path, "schemas", &job->schemas);
 	ld_strv(ld, val, path, "exclude_schemas", &job->exclude_schemas);
 	ld_strv(ld, val, path, "exclude_table_data", &job->exclude_table_data);

@@ -80,6 +80,20 @@ pv_duration_format(int64_t secs, char *buf, size_t size)
 	return buf;
 }
 
+/* Characters YAML refuses raw (the C1 controls U+0080-U+009F, U+FFFE, U+FFFF) or reads as line
+ * breaks even inside quotes (NEL U+0085, LS U+2028, PS U+2029): their length in bytes at p (UTF-8), or 0. */
+static size_t
+special_unicode(const unsigned char *p)
+{
+	if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
+		return 2;
+	if (p[0] == 0xe2 && p[1] == 0x80 && (p[2] == 0xa8 || p[2] == 0xa9))
+		return 3;
+	if (p[0] == 0xef && p[1] == 0xbf && (p[2] == 0xbe || p[2] == 0xbf))
+		return 3;
+	return 0;
+}
+
 /* Redact the value of query parameter or key "password"; `v` points at the value. */
 /* Scalars the loader would read differently (null-like, flow/indicator characters) get quoted. */
 static bool
@@ -99,7 +113,7 @@ needs_quotes(const char *s)
 			return true;
 		if ((*p == ':' && (p[1] == ' ' || p[1] == '\0')) || (*p == '#' && p > s && p[-1] == ' '))
 			return true;
-		if (strchr(",[]{}", *p) != NULL)
+		if (strchr(",[]{}", *p) != NULL || special_unicode((const unsigned char *)p) > 0)
 			return true;
 	}
 	return false;
@@ -108,6 +122,8 @@ needs_quotes(const char *s)
 static void
 put_str(FILE *out, const char *s)
 {
+	size_t n;
+
 	if (!needs_quotes(s)) {
 		fputs(s, out);
 		return;
@@ -122,7 +138,16 @@ put_str(FILE *out, const char *s)
 			fputs("\\t", out);
 		else if (*p < 0x20 || *p == 0x7f)
 			fprintf(out, "\\x%02x", *p);
-		else
+		else if ((n = special_unicode(p)) > 0) {
+			/* YAML escapes: \x80-\x9f, \L, \P, \uFFFE, \uFFFF. */
+			if (n == 2)
+				fprintf(out, "\\x%02x", p[1]);
+			else if (p[0] == 0xe2)
+				fputs(p[2] == 0xa8 ? "\\L" : "\\P", out);
+			else
+				fputs(p[2] == 0xbe ? "\\uFFFE" : "\\uFFFF", out);
+			p += n - 1;
+		} else
 			fputc(*p, out);
 	}
 	fputc('"', out);
@@ -194,10 +219,23 @@ kv_conninfo(FILE *out, int indent, const char *conninfo)
 	free(red);
 }
 
+/* The shortest %g form of v * scale that the loader reads back (then divides by scale) as v itself:
+ * "%g" alone can turn factor 1.0000001 into "1", which the loader refuses. */
+static const char *
+number(double v, double scale, char *buf, size_t size)
+{
+	for (int precision = 6; precision <= 17; precision++) {
+		snprintf(buf, size, "%.*g", precision, v * scale);
+		if (strtod(buf, NULL) / scale == v)
+			break;
+	}
+	return buf;
+}
+
 static void
 dump_rule(FILE *out, const struct pv_config_rule *r)
 {
-	char buf[32];
+	char buf[32], num[40];
 
 	fprintf(out, "    %s: { severity: %s, enabled: %s", r->name, pv_severity_name(r->severity),
 	        r->enabled ? "true" : "false");
@@ -207,9 +245,15 @@ dump_rule(FILE *out, const struct pv_config_rule *r)
 		fprintf(out, ", after: %s", pv_duration_format(r->after, buf, sizeof(buf)));
 		break;
 	case PV_RULE_RESTORE_FAILURES: fprintf(out, ", consecutive: %d", r->consecutive); break;
-	case PV_RULE_BACKUP_SIZE_ANOMALY: fprintf(out, ", change: \"%g%%\"", r->change * 100.0); break;
-	case PV_RULE_BACKUP_SLOW: fprintf(out, ", factor: %g", r->factor); break;
-	case PV_RULE_STORAGE_USAGE: fprintf(out, ", above: \"%g%%\"", r->above * 100.0); break;
+	case PV_RULE_BACKUP_SIZE_ANOMALY:
+		fprintf(out, ", change: \"%s%%\"", number(r->change, 100.0, num, sizeof(num)));
+		break;
+	case PV_RULE_BACKUP_SLOW:
+		fprintf(out, ", factor: %s", number(r->factor, 1.0, num, sizeof(num)));
+		break;
+	case PV_RULE_STORAGE_USAGE:
+		fprintf(out, ", above: \"%s%%\"", number(r->above, 100.0, num, sizeof(num)));
+		break;
 	default: break;
 	}
 	fputs(" }\n", out);

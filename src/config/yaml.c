@@ -16,6 +16,9 @@
 
 /* Secrets and key files are small; a larger file is almost certainly the wrong file. */
 #define SECRET_FILE_MAX (64 * 1024)
+/* Far beyond any schedule or timeout, and small enough for the int seconds the planner takes (jitter,
+ * grace) and for time arithmetic: 520w, about ten years. */
+#define DURATION_MAX (520LL * 7 * 86400)
 
 static char *
 vformat(const struct loader *ld, const yaml_node_t *at, const char *path, const char *fmt, va_list ap)
@@ -500,6 +503,11 @@ ld_duration(struct loader *ld, const yaml_node_t *map, const char *path, const c
 	if (v < min) {
 		ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub, "expected a duration of at least %s, got %s",
 		         pv_duration_format(min, d, sizeof(d)), ld_quote(s, q, sizeof(q)));
+		return false;
+	}
+	if (v > DURATION_MAX) {
+		ld_error(ld, PV_ERR_CONFIG_VALUE, k, sub, "expected a duration of at most %s, got %s",
+		         pv_duration_format(DURATION_MAX, d, sizeof(d)), ld_quote(s, q, sizeof(q)));
 		return false;
 	}
 	*out = v;

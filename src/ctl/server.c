@@ -268,6 +268,11 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 			line[len] = '\0';
 			dispatch(c, line, len);
 			free(line);
+			if (c->pending != NULL) {
+				/* An asynchronous command: close once pv_ctl_call_done has answered. */
+				c->close_after_call = true;
+				return;
+			}
 		}
 		close_after_write(c);
 		return;

@@ -18,13 +18,19 @@ struct scan_ctx {
 	struct pv_catalog_report *rep;
 };
 
+/* "YYYY-MM-DDTHH:MM:SS[.fraction]Z", as pv_store_manifest_validate accepts it; the fraction is dropped. */
 static time_t
 parse_time(const char *s)
 {
 	struct tm tm;
+	const char *rest;
 
 	memset(&tm, 0, sizeof(tm));
-	if (s == NULL || strptime(s, "%Y-%m-%dT%H:%M:%SZ", &tm) == NULL)
+	if (s == NULL || (rest = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm)) == NULL)
+		return 0;
+	if (rest[0] == '.')
+		rest += 1 + strspn(rest + 1, "0123456789");
+	if (strcmp(rest, "Z") != 0)
 		return 0;
 	return timegm(&tm);
 }

@@ -73,8 +73,9 @@ pv_store_backup_id(time_t started, const char *tier)
 bool
 pv_store_backup_id_parse(const char *id, time_t *started, char **tier)
 {
-	struct tm tm = {0};
+	struct tm tm = {0}, back;
 	const char *rest;
+	time_t t;
 
 	/* Exactly 8 digits, T, 6 digits, Z, '-', a tier: strptime alone would accept fewer digits. */
 	for (int i = 0; i < 16; i++) {
@@ -89,8 +90,17 @@ pv_store_backup_id_parse(const char *id, time_t *started, char **tier)
 	rest = strptime(id, "%Y%m%dT%H%M%SZ", &tm);
 	if (rest != id + 16)
 		return false;
+	/* pv_store_backup_id writes times after 1970 (earlier years would not have 4 digits). */
+	if (tm.tm_year < 70)
+		return false;
+	/* strptime takes February 31 and second 60; timegm would move them to another instant. */
+	back = tm;
+	t = timegm(&back);
+	if (back.tm_year != tm.tm_year || back.tm_mon != tm.tm_mon || back.tm_mday != tm.tm_mday ||
+	    back.tm_hour != tm.tm_hour || back.tm_min != tm.tm_min || back.tm_sec != tm.tm_sec)
+		return false;
 	if (started != NULL)
-		*started = timegm(&tm);
+		*started = t;
 	if (tier != NULL)
 		*tier = pv_strdup(id + 17);
 	return true;

@@ -158,9 +158,9 @@ bool pv_store_remove_backup(const char *dir, struct pv_error *err);
  *   encryption                null, or {"algorithm": "AES-256-GCM", "key_fingerprint": 16 hex digits}
  *                             exactly when file ends in ".enc"
  *   format, pg_dump_version, server_version   non-empty strings
- *   expected                  {"tables": integer, "row_counts": {table: integer},
- *                              "critical_table_hashes": {table: string},
- *                              "critical_table_hash_method": string (when there are hashes)}
+ *   expected                  {"tables": [table names], "row_counts": {table: integer >= 0},
+ *                              "critical_table_hashes": {table: string or null},
+ *                              "method": string (when there are hashes)}
  * and type-checks when present: server_version_num (integer), snapshot (string), scope (object),
  * schema_copy ({file, size, sha256}), pgvigil_version (string), encryption.format_version and
  * encryption.chunk_size (integers).

@@ -1,5 +1,7 @@
 /* Unit tests for src/config: schema, errors with positions, secrets, defaults, references, dump. */
 #include <check.h>
+#include <dirent.h>
+#include <errno.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +11,7 @@
 
 #include "config/config.h"
 #include "sched/cron.h"
+#include "sched/sched.h"
 #include "util/mem.h"
 
 /* A minimal valid configuration that error cases below are variations of. */
@@ -171,6 +174,18 @@ static const struct error_case error_cases[] = {
          "alerts.repeat_every", "got \"30m1h\""},
         {"duration_too_short", BASE_DB "jobs:\n  h: { type: health, database: db, every: 0s }\n",
          PV_ERR_CONFIG_VALUE, "5:36", "jobs.h.every", "at least 1s"},
+        /* Found with the config fuzz target: the planner takes jitter and grace as int seconds, and an
+         * interval's grace defaults to the interval; larger values loaded, then broke the planner. */
+        {"duration_too_long", BASE_DB "jobs:\n  h: { type: health, database: db, every: 521w }\n",
+         PV_ERR_CONFIG_VALUE, "5:36", "jobs.h.every", "expected a duration of at most 520w, got \"521w\""},
+        /* Found with the config fuzz target: a job name that is not a valid tier became the tier, and the
+         * printed configuration did not load. */
+        {"tier_from_job_name",
+         BASE_DB "jobs:\n  db.full: { type: backup, database: db, schedule: \"@daily\", keep: 3 }\n",
+         PV_ERR_CONFIG_VALUE, "5:3", "jobs.db.full", "the job name cannot be its tier"},
+        {"jitter_too_long",
+         BASE_DB "jobs:\n  h: { type: health, database: db, every: 1m, jitter: 4294967295s }\n",
+         PV_ERR_CONFIG_VALUE, "5:47", "jobs.h.jitter", "at most 520w"},
         {"bad_percent", "alerts:\n  rules:\n    storage_usage: { above: 80 }\n", PV_ERR_CONFIG_VALUE, "3:22",
          "alerts.rules.storage_usage.above", "expected a percentage such as \"80%\", got \"80\""},
         {"percent_range", "alerts:\n  rules:\n    storage_usage: { above: 150% }\n", PV_ERR_CONFIG_VALUE,
@@ -620,6 +635,123 @@ START_TEST(test_config__dump_round_trips)
 	pv_config_diag_free(&diag2);
 	free(out);
 	free(out2);
+}
+END_TEST
+
+/* Inputs that found bugs with the config fuzz target (tests/fuzz/README.md): each either fails to load,
+ * or loads into jobs the planner accepts as the daemon hands them over, and prints a configuration that
+ * loads again and prints the same (unless it holds secrets, which are printed redacted). */
+START_TEST(test_config__fuzz_regressions)
+{
+	const char *dir_name = "tests/fuzz/regress/config";
+	DIR *dir = opendir(dir_name);
+	struct dirent *de;
+	int files = 0;
+
+	ck_assert_msg(dir != NULL, "%s: %s (run from the source tree)", dir_name, strerror(errno));
+	while ((de = readdir(dir)) != NULL) {
+		struct pv_config_diag diag = {0}, diag2 = {0};
+		struct pv_error err;
+		struct pv_config *cfg, *again;
+		struct pv_sched *sched;
+		struct pv_sched_job *jobs;
+		char *path, *out = NULL, *out2 = NULL;
+		size_t len = 0, len2 = 0;
+		FILE *f;
+
+		if (de->d_name[0] == '.')
+			continue;
+		files++;
+		path = pv_asprintf("%s/%s", dir_name, de->d_name);
+		cfg = pv_config_load(path, &diag, &err);
+		if (cfg == NULL) {
+			ck_assert_msg(diag.errors.n > 0, "%s: failed without an error", path);
+			pv_config_diag_free(&diag);
+			free(path);
+			continue;
+		}
+		jobs = pv_calloc(cfg->n_jobs + 1, sizeof(*jobs));
+		for (size_t i = 0; i < cfg->n_jobs; i++)
+			jobs[i] = (struct pv_sched_job){
+			        .name = cfg->jobs[i].name,
+			        .cron = cfg->jobs[i].cron,
+			        .tz = cfg->jobs[i].tz,
+			        .every = (double)cfg->jobs[i].every,
+			        .jitter = (int)cfg->jobs[i].jitter,
+			        .grace = (int)cfg->jobs[i].grace,
+			        .catch_up = cfg->jobs[i].catch_up,
+			        .heavy = cfg->jobs[i].heavy,
+			};
+		sched = pv_sched_new(cfg->daemon.max_parallel_jobs);
+		ck_assert_msg(pv_sched_configure(sched, jobs, cfg->n_jobs, 1795485600, 1000.0, &err),
+		              "%s: the planner refuses its jobs: %s", path, err.msg);
+		f = open_memstream(&out, &len);
+		pv_config_dump(cfg, f);
+		fclose(f);
+		again = pv_config_load_string(path, out, &diag2, &err);
+		ck_assert_msg(again != NULL, "%s: the printed configuration does not load: %s\n%s", path,
+		              err.msg, out);
+		f = open_memstream(&out2, &len2);
+		pv_config_dump(again, f);
+		fclose(f);
+		ck_assert_msg(strcmp(out, out2) == 0 || strstr(out, "<redacted: ") != NULL,
+		              "%s: the printed configuration loads differently:\n%s\n---\n%s", path, out,
+		              out2);
+		free(out2);
+		out2 = NULL;
+		pv_config_unref(again);
+		pv_sched_free(sched);
+		free(jobs);
+		free(out);
+		pv_config_unref(cfg);
+		pv_config_diag_free(&diag);
+		pv_config_diag_free(&diag2);
+		free(path);
+	}
+	closedir(dir);
+	ck_assert_int_gt(files, 0);
+}
+END_TEST
+
+/* Found with the config fuzz target's round trip: "%g" printed factor 1.0000001 as 1, which the loader
+ * refuses; NEL, LS and PS were printed raw, which YAML reads as line breaks, and the other C1 controls,
+ * U+FFFE and U+FFFF, which YAML refuses. */
+START_TEST(test_config__dump_round_trips_edge_values)
+{
+	struct pv_config_diag diag = {0}, diag2 = {0};
+	struct pv_config *cfg = load_ok(
+	        BASE_DB "    critical_tables: [\"a\\u2028b\", \"x\\u0085y\", \"p\\u2029\", \"\\u0084\", "
+	                "\"\\ufffe\"]\n"
+	                "alerts:\n  rules:\n    backup_slow: { factor: 1.0000001 }\n"
+	                "    backup_size_anomaly: { change: 33.3% }\n"
+	                "    storage_usage: { above: 99.99999% }\n",
+	        &diag);
+	struct pv_config *cfg2;
+	char *out = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&out, &len);
+
+	pv_config_dump(cfg, f);
+	fclose(f);
+	ck_assert_ptr_nonnull(
+	        strstr(out, "critical_tables: [\"a\\Lb\", \"x\\x85y\", \"p\\P\", \"\\x84\", \"\\uFFFE\"]\n"));
+	ck_assert_ptr_nonnull(strstr(out, "factor: 1.0000001 }"));
+	ck_assert_ptr_nonnull(strstr(out, "change: \"33.3%\" }"));
+	cfg2 = load_ok(out, &diag2);
+	ck_assert(cfg2->alerts.rules[PV_RULE_BACKUP_SLOW].factor ==
+	          cfg->alerts.rules[PV_RULE_BACKUP_SLOW].factor);
+	ck_assert(cfg2->alerts.rules[PV_RULE_STORAGE_USAGE].above ==
+	          cfg->alerts.rules[PV_RULE_STORAGE_USAGE].above);
+	ck_assert(cfg2->alerts.rules[PV_RULE_BACKUP_SIZE_ANOMALY].change ==
+	          cfg->alerts.rules[PV_RULE_BACKUP_SIZE_ANOMALY].change);
+	for (size_t i = 0; i < 5; i++)
+		ck_assert_str_eq(cfg2->databases[0].critical_tables.v[i],
+		                 cfg->databases[0].critical_tables.v[i]);
+	pv_config_unref(cfg);
+	pv_config_unref(cfg2);
+	pv_config_diag_free(&diag);
+	pv_config_diag_free(&diag2);
+	free(out);
 }
 END_TEST
 
@@ -1121,6 +1253,8 @@ main(void)
 	tcase_add_test(tc, test_config__backup_keys);
 	tcase_add_test(tc, test_config__warnings);
 	tcase_add_test(tc, test_config__durations);
+	tcase_add_test(tc, test_config__fuzz_regressions);
+	tcase_add_test(tc, test_config__dump_round_trips_edge_values);
 	tcase_add_test(tc, test_config__names);
 	tcase_add_test(tc, test_config__refcount);
 	tcase_add_test(tc, test_config__load_file_errors);

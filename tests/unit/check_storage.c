@@ -1,5 +1,6 @@
 /* Unit tests for src/storage: writer/reader round trips and failures, commit, cleanup, manifests, scan. */
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -17,6 +18,7 @@
 #include <jansson.h>
 
 #include "crypto/crypto.h"
+#include "jobs/catalog.h"
 #include "loop/work.h"
 #include "storage/storage.h"
 #include "util/log.h"
@@ -874,6 +876,15 @@ START_TEST(test_storage__backup_id)
 	ck_assert(!pv_store_backup_id_parse("20261124X020000Z-daily", NULL, NULL));
 	ck_assert(!pv_store_backup_id_parse("20261124T020000Z-a/b", NULL, NULL));
 	ck_assert(!pv_store_backup_id_parse("", NULL, NULL));
+	/* Found with the manifest fuzz target: dates and times that do not exist stood for other instants. */
+	ck_assert(!pv_store_backup_id_parse("20260231T020000Z-daily", NULL, NULL));
+	ck_assert(!pv_store_backup_id_parse("20301231T235960Z-weekly", NULL, NULL));
+	ck_assert(!pv_store_backup_id_parse("20260229T000000Z-daily", NULL, NULL));
+	ck_assert(
+	        !pv_store_backup_id_parse("02261124T020000Z-daily", NULL, NULL)); /* written "2261124T..." */
+	ck_assert(!pv_store_backup_id_parse("19691231T235959Z-daily", NULL, NULL));
+	ck_assert(pv_store_backup_id_parse("20280229T235959Z-daily", &t, NULL));
+	ck_assert_int_eq(t, 1835481599);
 	free(a);
 	free(b);
 	free(c);
@@ -1129,6 +1140,80 @@ START_TEST(test_storage__manifest_round_trip)
 	free(path);
 	free(dir);
 	free(storage);
+}
+END_TEST
+
+/* A catalog rebuilt from storage reads the times of a manifest as validation accepts them, fractions of a
+ * second included (they used to be read as 1970-01-01). */
+START_TEST(test_storage__catalog_rebuild_reads_manifest_times)
+{
+	char *storage = test_dir();
+	const char *id = "20261124T020000Z-daily";
+	char *job = pv_asprintf("%s/prod/daily-backup", storage);
+	char *dir = pv_asprintf("%s/%s", job, id);
+	char *db = pv_asprintf("%s/state.db", storage);
+	json_t *m = good_manifest(id, false);
+	struct pv_state *st;
+	struct pv_state_backup b = {0};
+	struct pv_catalog_report rep;
+	struct pv_error err;
+
+	ck_assert_str_eq(json_string_value(json_object_get(m, "finished")), "2026-11-24T02:01:30.250Z");
+	ck_assert(pv_store_mkdirs(dir, &err));
+	ck_assert_msg(pv_store_manifest_write(dir, m, &err), "%s", err.msg);
+	ck_assert_msg(pv_state_open(db, &st, &err), "%s", err.msg);
+	ck_assert_msg(pv_catalog_sync(st, storage, false, &rep, &err), "%s", err.msg);
+	ck_assert_uint_eq(rep.rebuilt, 1);
+	ck_assert_msg(pv_state_backup_find(st, "prod/daily-backup/20261124T020000Z-daily", &b, &err), "%s",
+	              err.msg);
+	ck_assert_int_eq(b.started, 1795485600);  /* 2026-11-24T02:00:00Z */
+	ck_assert_int_eq(b.finished, 1795485690); /* 2026-11-24T02:01:30Z */
+	pv_state_backup_clear(&b);
+	pv_state_close(st);
+	json_decref(m);
+	free(db);
+	free(dir);
+	free(job);
+	free(storage);
+}
+END_TEST
+
+/* Inputs that found bugs with the manifest fuzz target (tests/fuzz/README.md): invalid, or valid with an
+ * id whose time pv_store_backup_id writes the same way. */
+START_TEST(test_storage__manifest_fuzz_regressions)
+{
+	const char *dir_name = "tests/fuzz/regress/manifest";
+	DIR *dir = opendir(dir_name);
+	struct dirent *de;
+	int files = 0;
+
+	ck_assert_msg(dir != NULL, "%s: %s (run from the source tree)", dir_name, strerror(errno));
+	while ((de = readdir(dir)) != NULL) {
+		char *path, *again;
+		json_t *m;
+		json_error_t jerr;
+		struct pv_error err;
+		const char *id;
+		time_t started;
+
+		if (de->d_name[0] == '.')
+			continue;
+		files++;
+		path = pv_asprintf("%s/%s", dir_name, de->d_name);
+		m = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+		if (m != NULL && pv_store_manifest_validate(m, NULL, &err)) {
+			id = json_string_value(json_object_get(m, "id"));
+			ck_assert(pv_store_backup_id_parse(id, &started, NULL));
+			again = pv_store_backup_id(started, "x");
+			ck_assert_msg(strncmp(again, id, 16) == 0, "%s: id %s stands for %s", path, id,
+			              again);
+			free(again);
+		}
+		json_decref(m);
+		free(path);
+	}
+	closedir(dir);
+	ck_assert_int_gt(files, 0);
 }
 END_TEST
 
@@ -1388,6 +1473,8 @@ main(void)
 	tcase_add_test(layout, test_storage__cleanup_temp);
 	tcase_add_test(layout, test_storage__manifest_round_trip);
 	tcase_add_test(layout, test_storage__manifest_validation);
+	tcase_add_test(layout, test_storage__catalog_rebuild_reads_manifest_times);
+	tcase_add_test(layout, test_storage__manifest_fuzz_regressions);
 	tcase_add_test(layout, test_storage__scan);
 	tcase_add_test(layout, test_storage__fs_usage);
 	suite_add_tcase(s, stream);
