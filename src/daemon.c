@@ -52,6 +52,7 @@ struct active_run {
 	struct event *finish_ev;   /* completion is handled outside the job's own callbacks */
 	struct event *deadline_ev; /* safety net when a job does not honour its own deadline */
 	bool timed_out;
+	double late; /* seconds from due to start of a scheduled run; < 0 for manual runs */
 	struct active_run *next;
 };
 
@@ -249,6 +250,11 @@ finish_cb(evutil_socket_t fd, short what, void *arg)
 		snprintf(run->cause, sizeof(run->cause), "timeout after %llds: the run was cancelled",
 		         (long long)pv_config_job_timeout(run->job));
 	}
+	if (ar->late >= 0) {
+		if (run->figures == NULL)
+			run->figures = json_object();
+		json_object_set_new(run->figures, "late_seconds", json_real(ar->late));
+	}
 	figures = run->figures != NULL ? json_dumps(run->figures, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
 
 	if (!record_end(d, run->id, duration, pv_run_result_name(run->result),
@@ -310,10 +316,10 @@ run_done(struct pv_job_run *run)
 	event_active(ar->finish_ev, EV_TIMEOUT, 0);
 }
 
-/* from_sched: the planner already counts the run as started. */
+/* from_sched: the planner already counts the run as started; due_mono is when it came due. */
 static bool
 start_run(struct pv_daemon *d, const struct pv_config_job *job, const char *trigger, time_t slot,
-          bool from_sched, int64_t *id_out, struct pv_error *err)
+          bool from_sched, double due_mono, int64_t *id_out, struct pv_error *err)
 {
 	const struct pv_job_ops *ops = pv_jobs_ops(job->type);
 	struct active_run *ar;
@@ -341,6 +347,9 @@ start_run(struct pv_daemon *d, const struct pv_config_job *job, const char *trig
 	run->scheduled_for = slot;
 	run->started = time(NULL);
 	run->started_mono = pv_now_mono();
+	ar->late = from_sched ? run->started_mono - due_mono : -1;
+	if (from_sched && ar->late < 0)
+		ar->late = 0; /* the timer may fire a few ms early; the planner still saw it due */
 	run->deadline_mono = run->started_mono + (double)pv_config_job_timeout(job);
 	run->trigger = trigger;
 	run->figures = json_object();
@@ -471,7 +480,7 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 		if (r->calendar)
 			persist_slot(d, r->job);
 		if (job == NULL || !start_run(d, job, pv_sched_trigger_name(r->trigger),
-		                              r->calendar ? r->slot : 0, true, NULL, &err)) {
+		                              r->calendar ? r->slot : 0, true, r->due_mono, NULL, &err)) {
 			pv_log_error("cannot start job=%s error=%s", r->job,
 			             job == NULL ? "not configured" : pv_log_quote(err.msg));
 			pv_sched_run_finished(d->sched, r->job);
@@ -1454,5 +1463,5 @@ pv_daemon_run_job(struct pv_daemon *d, const char *name, int64_t *run_id, struct
 		return pv_error_set(err, PV_ERR_BUSY, "the daemon is stopping");
 	if (job == NULL)
 		return pv_error_set(err, PV_ERR_NOT_FOUND, "no job named \"%s\"", name);
-	return start_run(d, job, "manual", 0, false, run_id, err);
+	return start_run(d, job, "manual", 0, false, 0, run_id, err);
 }
