@@ -42,6 +42,8 @@
 #define DEADLINE_SLACK_SEC 10
 /* Alert rules are evaluated after every run and at least this often, so time-based rules fire on time. */
 #define ALERT_EVAL_SEC 30
+/* Evaluations after runs are at most this often: with many health jobs, runs end many times a second. */
+#define ALERT_COALESCE_SEC 1.0
 /* The persisted alert set in the state database's key/value store. */
 #define ALERT_KV_KEY "alerts"
 
@@ -88,12 +90,15 @@ struct pv_daemon {
 	size_t n_events;
 	struct pv_alert_snap_missed *missed; /* missed runs since the last evaluation */
 	size_t n_missed;
-	char *alerts_saved; /* the set as last written: an unchanged set is not written again */
+	char *alerts_saved;     /* the set as last written: an unchanged set is not written again */
+	double alert_last_mono; /* when the rules were last evaluated */
+	bool alert_soon;        /* an evaluation after a run is already scheduled */
 };
 
 static void schedule_tick(struct pv_daemon *d, double delay);
 static void alert_schedule(struct pv_daemon *d, double delay);
 static void alert_evaluate(struct pv_daemon *d);
+static void alert_after_run(struct pv_daemon *d);
 static void alert_note_run(struct pv_daemon *d, const struct pv_job_run *run);
 static void alert_note_missed(struct pv_daemon *d, const struct pv_sched_miss *m);
 
@@ -293,7 +298,7 @@ finish_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	/* A heavy job may be waiting for this slot. */
 	schedule_tick(d, 0);
-	alert_evaluate(d);
+	alert_after_run(d);
 }
 
 static void
@@ -823,6 +828,8 @@ alert_evaluate(struct pv_daemon *d)
 
 	if (d->stopping || d->outbox == NULL)
 		return;
+	d->alert_last_mono = pv_now_mono();
+	d->alert_soon = false;
 	if (!pv_alert_snapshot_build(d->state, d->cfg, now, d->started, &snap, &err)) {
 		pv_log_error("cannot evaluate alerts error=%s", pv_log_quote(err.msg));
 		alert_schedule(d, ALERT_EVAL_SEC);
@@ -851,6 +858,23 @@ alert_evaluate(struct pv_daemon *d)
 	if (due > 0 && (double)(due - now) < delay)
 		delay = due > now ? (double)(due - now) : 1;
 	alert_schedule(d, delay);
+}
+
+/* Evaluate now, or once ALERT_COALESCE_SEC after the previous evaluation: every run's outcome is seen,
+ * at most that much later, without rebuilding the snapshot for each of many runs ending together. */
+static void
+alert_after_run(struct pv_daemon *d)
+{
+	double since = pv_now_mono() - d->alert_last_mono;
+
+	if (d->alert_soon)
+		return;
+	if (since >= ALERT_COALESCE_SEC) {
+		alert_evaluate(d);
+		return;
+	}
+	d->alert_soon = true;
+	alert_schedule(d, ALERT_COALESCE_SEC - since);
 }
 
 static bool
