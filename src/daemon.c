@@ -321,28 +321,55 @@ run_done(struct pv_job_run *run)
 	event_active(ar->finish_ev, EV_TIMEOUT, 0);
 }
 
-/* from_sched: the planner already counts the run as started; due_mono is when it came due. */
-static bool
-start_run(struct pv_daemon *d, const struct pv_config_job *job, const char *trigger, time_t slot,
-          bool from_sched, double due_mono, int64_t *id_out, struct pv_error *err)
+/* Undo record_run() for a run whose start could not be recorded. */
+static void
+discard_run(struct pv_daemon *d, struct active_run *ar, bool from_sched)
+{
+	for (struct active_run **pp = &d->runs; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == ar) {
+			*pp = ar->next;
+			break;
+		}
+	}
+	if (!from_sched)
+		pv_sched_run_finished(d->sched, ar->run.job->name);
+	pv_config_unref(ar->run.cfg);
+	json_decref(ar->run.figures);
+	event_free(ar->finish_ev);
+	event_free(ar->deadline_ev);
+	free(ar);
+}
+
+/*
+ * The first half of starting a run: its row in the state database and its place among the running.
+ * from_sched: the planner already counts the run as started; due_mono is when it came due.
+ */
+static struct active_run *
+record_run(struct pv_daemon *d, const struct pv_config_job *job, const char *trigger, time_t slot,
+           bool from_sched, double due_mono, struct pv_error *err)
 {
 	const struct pv_job_ops *ops = pv_jobs_ops(job->type);
 	struct active_run *ar;
 	struct pv_job_run *run;
 
-	if (ops == NULL)
-		return pv_error_set(err, PV_ERR_INTERNAL, "job type %s is not available",
-		                    pv_job_type_name(job->type));
-	if (find_running(d, job->name) != NULL)
-		return pv_error_set(err, PV_ERR_BUSY, "job %s is already running", job->name);
+	if (ops == NULL) {
+		pv_error_set(err, PV_ERR_INTERNAL, "job type %s is not available",
+		             pv_job_type_name(job->type));
+		return NULL;
+	}
+	if (find_running(d, job->name) != NULL) {
+		pv_error_set(err, PV_ERR_BUSY, "job %s is already running", job->name);
+		return NULL;
+	}
 	if (!from_sched && !pv_sched_run_started(d->sched, job->name, err))
-		return false;
+		return NULL;
 
 	ar = pv_calloc(1, sizeof(*ar));
 	ar->d = d;
 	ar->ops = ops;
 	ar->finish_ev = event_new(d->base, -1, 0, finish_cb, ar);
 	ar->deadline_ev = evtimer_new(d->base, deadline_cb, ar);
+	ar->late = from_sched ? due_mono : -1; /* made a lateness by launch_run() */
 	run = &ar->run;
 	run->cfg = pv_config_ref(d->cfg);
 	run->job = job;
@@ -352,46 +379,61 @@ start_run(struct pv_daemon *d, const struct pv_config_job *job, const char *trig
 	run->scheduled_for = slot;
 	run->started = time(NULL);
 	run->started_mono = pv_now_mono();
-	ar->late = from_sched ? run->started_mono - due_mono : -1;
-	if (from_sched && ar->late < 0)
-		ar->late = 0; /* the timer may fire a few ms early; the planner still saw it due */
 	run->deadline_mono = run->started_mono + (double)pv_config_job_timeout(job);
 	run->trigger = trigger;
 	run->figures = json_object();
 	run->on_done = run_done;
 	run->runner_arg = d;
+	ar->next = d->runs;
+	d->runs = ar;
 
 	if (!pv_state_run_begin(d->state, job->name, pv_job_type_name(job->type),
 	                        job->database != NULL ? job->database->name : NULL, trigger, slot,
 	                        run->started, &run->id, err)) {
 		pv_error_prefix(err, "cannot record run start: ");
-		if (!from_sched)
-			pv_sched_run_finished(d->sched, job->name);
-		pv_config_unref(run->cfg);
-		json_decref(run->figures);
-		event_free(ar->finish_ev);
-		event_free(ar->deadline_ev);
-		free(ar);
-		return false;
+		discard_run(d, ar, from_sched);
+		return NULL;
 	}
-	ar->next = d->runs;
-	d->runs = ar;
+	return ar;
+}
+
+/* The second half: the job itself starts. */
+static void
+launch_run(struct pv_daemon *d, struct active_run *ar)
+{
+	struct pv_job_run *run = &ar->run;
+	const struct pv_config_job *job = run->job;
+	struct timeval tv = {(time_t)pv_config_job_timeout(job) + DEADLINE_SLACK_SEC, 0};
+
+	if (ar->late >= 0) {
+		ar->late = pv_now_mono() - ar->late;
+		if (ar->late < 0)
+			ar->late = 0; /* the timer may fire a few ms early; the planner still saw it due */
+	}
 	pv_log_info("job started job=%s run=%lld database=%s type=%s trigger=%s", job->name,
 	            (long long)run->id, job->database ? job->database->name : "-",
-	            pv_job_type_name(job->type), trigger);
-	if (id_out != NULL)
-		*id_out = run->id;
-	{
-		struct timeval tv = {(time_t)pv_config_job_timeout(job) + DEADLINE_SLACK_SEC, 0};
-		event_add(ar->deadline_ev, &tv);
-	}
-	if (!ops->start(run)) {
+	            pv_job_type_name(job->type), run->trigger);
+	event_add(ar->deadline_ev, &tv);
+	if (!ar->ops->start(run)) {
 		/* The run is recorded as failed through the normal completion path. */
 		if (run->cause[0] == '\0')
 			snprintf(run->cause, sizeof(run->cause), "could not start");
 		run->result = PV_RUN_FAILED;
 		event_active(ar->finish_ev, EV_TIMEOUT, 0);
 	}
+}
+
+static bool
+start_run(struct pv_daemon *d, const struct pv_config_job *job, const char *trigger, time_t slot,
+          bool from_sched, double due_mono, int64_t *id_out, struct pv_error *err)
+{
+	struct active_run *ar = record_run(d, job, trigger, slot, from_sched, due_mono, err);
+
+	if (ar == NULL)
+		return false;
+	if (id_out != NULL)
+		*id_out = ar->run.id;
+	launch_run(d, ar);
 	return true;
 }
 
@@ -463,6 +505,9 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 	struct pv_sched_tick tick;
 	time_t now = time(NULL);
 	double mono = pv_now_mono();
+	struct active_run **ars;
+	struct pv_error berr;
+	bool batch;
 
 	if (d->stopping)
 		return;
@@ -477,6 +522,13 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 			persist_slot(d, m->job);
 		alert_note_missed(d, m);
 	}
+	/* The runs due together are recorded in one transaction (one sync, not one per run), then launched.
+	 */
+	ars = pv_calloc(tick.nruns + 1, sizeof(*ars));
+	batch = tick.nruns > 1 && pv_state_batch_begin(d->state, &berr);
+	if (tick.nruns > 1 && !batch)
+		pv_log_warn("cannot batch run starts, recording them one by one error=%s",
+		            pv_log_quote(berr.msg));
 	for (size_t i = 0; i < tick.nruns; i++) {
 		const struct pv_sched_run *r = &tick.runs[i];
 		const struct pv_config_job *job = pv_config_job_find(d->cfg, r->job);
@@ -484,13 +536,29 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 
 		if (r->calendar)
 			persist_slot(d, r->job);
-		if (job == NULL || !start_run(d, job, pv_sched_trigger_name(r->trigger),
-		                              r->calendar ? r->slot : 0, true, r->due_mono, NULL, &err)) {
+		if (job == NULL ||
+		    (ars[i] = record_run(d, job, pv_sched_trigger_name(r->trigger), r->calendar ? r->slot : 0,
+		                         true, r->due_mono, &err)) == NULL) {
 			pv_log_error("cannot start job=%s error=%s", r->job,
 			             job == NULL ? "not configured" : pv_log_quote(err.msg));
 			pv_sched_run_finished(d->sched, r->job);
 		}
 	}
+	if (batch && !pv_state_batch_commit(d->state, &berr)) {
+		for (size_t i = 0; i < tick.nruns; i++) {
+			if (ars[i] == NULL)
+				continue;
+			pv_log_error("cannot start job=%s error=%s", tick.runs[i].job,
+			             pv_log_quote(berr.msg));
+			discard_run(d, ars[i], true);
+			ars[i] = NULL;
+			pv_sched_run_finished(d->sched, tick.runs[i].job);
+		}
+	}
+	for (size_t i = 0; i < tick.nruns; i++)
+		if (ars[i] != NULL)
+			launch_run(d, ars[i]);
+	free(ars);
 	pv_sched_tick_clear(&tick);
 	schedule_tick(d, pv_sched_next_wakeup(d->sched, time(NULL), pv_now_mono()));
 }
