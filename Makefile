@@ -79,6 +79,12 @@ demo: all
 deps:
 	contrib/install-deps
 
+# Benchmarks (bench/README.md): not part of check.
+SOAK_MINUTES ?= 5
+.PHONY: soak
+soak: all
+	bench/soak --minutes $(SOAK_MINUTES)
+
 install: all
 	install -d $(DESTDIR)$(sbindir) $(DESTDIR)$(bindir) $(DESTDIR)$(sysconfdir)/pgvigil \
 		$(DESTDIR)$(mandir)/man1 $(DESTDIR)$(mandir)/man5 $(DESTDIR)$(mandir)/man8 \
