@@ -44,6 +44,13 @@
 #define ALERT_EVAL_SEC 30
 /* Evaluations after runs are at most this often: with many health jobs, runs end many times a second. */
 #define ALERT_COALESCE_SEC 1.0
+/*
+ * The scheduler's timer is dispatched before other ready callbacks, and those yield to it every few ms:
+ * with hundreds of connections ready at once (each SCRAM exchange costs milliseconds of CPU in libpq),
+ * due runs still start on time. Every other event has the default, lower priority.
+ */
+#define LOOP_PRIORITIES 2
+#define LOOP_SLICE_USEC 5000
 /* The persisted alert set in the state database's key/value store. */
 #define ALERT_KV_KEY "alerts"
 
@@ -1143,6 +1150,25 @@ pv_daemon_is_admin(struct pv_daemon *d, uid_t uid, gid_t gid)
 	return pv_ctl_peer_in_list(uid, gid, &d->cfg->daemon.admins);
 }
 
+struct event_base *
+pv_daemon_loop_new(void)
+{
+	struct event_config *ec = event_config_new();
+	struct timeval slice = {0, LOOP_SLICE_USEC};
+	struct event_base *base;
+
+	if (ec == NULL)
+		return NULL;
+	event_config_set_max_dispatch_interval(ec, &slice, -1, PV_DAEMON_PRIO_TIMER + 1);
+	base = event_base_new_with_config(ec);
+	event_config_free(ec);
+	if (base != NULL && event_base_priority_init(base, LOOP_PRIORITIES) != 0) {
+		event_base_free(base);
+		return NULL;
+	}
+	return base;
+}
+
 struct pv_daemon *
 pv_daemon_new(const struct pv_daemon_opts *opts, struct pv_error *err)
 {
@@ -1162,7 +1188,7 @@ pv_daemon_new(const struct pv_daemon_opts *opts, struct pv_error *err)
 		goto fail;
 	pv_log_set_level(d->cfg->daemon.log_level);
 
-	d->base = event_base_new();
+	d->base = pv_daemon_loop_new();
 	if (d->base == NULL) {
 		pv_error_set(err, PV_ERR_INTERNAL, "cannot create the event loop");
 		goto fail;
@@ -1213,6 +1239,8 @@ pv_daemon_new(const struct pv_daemon_opts *opts, struct pv_error *err)
 	d->ev_term = evsignal_new(d->base, SIGTERM, term_cb, d);
 	d->ev_int = evsignal_new(d->base, SIGINT, term_cb, d);
 	d->ev_tick = evtimer_new(d->base, tick_cb, d);
+	if (d->ev_tick != NULL)
+		event_priority_set(d->ev_tick, PV_DAEMON_PRIO_TIMER);
 	event_add(d->ev_hup, NULL);
 	event_add(d->ev_term, NULL);
 	event_add(d->ev_int, NULL);
