@@ -96,6 +96,12 @@ COMPLETIONSDIR := $(datadir)/bash-completion/completions
 EXAMPLES := $(wildcard contrib/examples/*.yaml)
 SUBST := sed -e 's|@sbindir@|$(sbindir)|g' -e 's|@sysconfdir@|$(sysconfdir)|g'
 
+# Benchmarks (bench/README.md): not part of check.
+SOAK_MINUTES ?= 5
+.PHONY: soak
+soak: all
+	bench/soak --minutes $(SOAK_MINUTES)
+
 install: all
 	install -d $(DESTDIR)$(sbindir) $(DESTDIR)$(bindir) $(DESTDIR)$(sysconfdir)/pgvigil \
 		$(DESTDIR)$(mandir)/man1 $(DESTDIR)$(mandir)/man5 $(DESTDIR)$(mandir)/man8 \

@@ -45,6 +45,15 @@
 #define DEADLINE_SLACK_SEC 10
 /* Alert rules are evaluated after every run and at least this often, so time-based rules fire on time. */
 #define ALERT_EVAL_SEC 30
+/* Evaluations after runs are at most this often: with many health jobs, runs end many times a second. */
+#define ALERT_COALESCE_SEC 1.0
+/*
+ * The scheduler's timer is dispatched before other ready callbacks, and those yield to it every few ms:
+ * with hundreds of connections ready at once (each SCRAM exchange costs milliseconds of CPU in libpq),
+ * due runs still start on time. Every other event has the default, lower priority.
+ */
+#define LOOP_PRIORITIES 2
+#define LOOP_SLICE_USEC 5000
 /* The persisted alert set in the state database's key/value store. */
 #define ALERT_KV_KEY "alerts"
 /* Maintenance mode: {"since", "until", "author", "comment"} in the key/value store; "null" when off. */
@@ -61,6 +70,7 @@ struct active_run {
 	struct event *finish_ev;   /* completion is handled outside the job's own callbacks */
 	struct event *deadline_ev; /* safety net when a job does not honour its own deadline */
 	bool timed_out;
+	double late; /* seconds from due to start of a scheduled run; < 0 for manual runs */
 	struct active_run *next;
 };
 
@@ -102,11 +112,14 @@ struct pv_daemon {
 	struct pv_digest *digest;
 	double alert_ok_mono;               /* when an evaluation last completed (monotonic) */
 	char alert_error[PV_ERROR_MSG_MAX]; /* why the last evaluation failed, "" when it did not */
+	double alert_last_mono;             /* when the rules were last evaluated */
+	bool alert_soon;                    /* an evaluation after a run is already scheduled */
 };
 
 static void schedule_tick(struct pv_daemon *d, double delay);
 static void alert_schedule(struct pv_daemon *d, double delay);
 static void alert_evaluate(struct pv_daemon *d);
+static void alert_after_run(struct pv_daemon *d);
 static void alert_note_run(struct pv_daemon *d, const struct pv_job_run *run);
 static void alert_note_missed(struct pv_daemon *d, const struct pv_sched_miss *m);
 static json_t *time_json(time_t t);
@@ -264,6 +277,11 @@ finish_cb(evutil_socket_t fd, short what, void *arg)
 		snprintf(run->cause, sizeof(run->cause), "timeout after %llds: the run was cancelled",
 		         (long long)pv_config_job_timeout(run->job));
 	}
+	if (ar->late >= 0) {
+		if (run->figures == NULL)
+			run->figures = json_object();
+		json_object_set_new(run->figures, "late_seconds", json_real(ar->late));
+	}
 	figures = run->figures != NULL ? json_dumps(run->figures, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
 
 	if (!record_end(d, run->id, duration, pv_run_result_name(run->result),
@@ -302,7 +320,7 @@ finish_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	/* A heavy job may be waiting for this slot. */
 	schedule_tick(d, 0);
-	alert_evaluate(d);
+	alert_after_run(d);
 }
 
 static void
@@ -325,28 +343,55 @@ run_done(struct pv_job_run *run)
 	event_active(ar->finish_ev, EV_TIMEOUT, 0);
 }
 
-/* from_sched: the planner already counts the run as started. */
-static bool
-start_run(struct pv_daemon *d, const struct pv_config_job *job, const char *trigger, time_t slot,
-          bool from_sched, int64_t *id_out, struct pv_error *err)
+/* Undo record_run() for a run whose start could not be recorded. */
+static void
+discard_run(struct pv_daemon *d, struct active_run *ar, bool from_sched)
+{
+	for (struct active_run **pp = &d->runs; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == ar) {
+			*pp = ar->next;
+			break;
+		}
+	}
+	if (!from_sched)
+		pv_sched_run_finished(d->sched, ar->run.job->name);
+	pv_config_unref(ar->run.cfg);
+	json_decref(ar->run.figures);
+	event_free(ar->finish_ev);
+	event_free(ar->deadline_ev);
+	free(ar);
+}
+
+/*
+ * The first half of starting a run: its row in the state database and its place among the running.
+ * from_sched: the planner already counts the run as started; due_mono is when it came due.
+ */
+static struct active_run *
+record_run(struct pv_daemon *d, const struct pv_config_job *job, const char *trigger, time_t slot,
+           bool from_sched, double due_mono, struct pv_error *err)
 {
 	const struct pv_job_ops *ops = pv_jobs_ops(job->type);
 	struct active_run *ar;
 	struct pv_job_run *run;
 
-	if (ops == NULL)
-		return pv_error_set(err, PV_ERR_INTERNAL, "job type %s is not available",
-		                    pv_job_type_name(job->type));
-	if (find_running(d, job->name) != NULL)
-		return pv_error_set(err, PV_ERR_BUSY, "job %s is already running", job->name);
+	if (ops == NULL) {
+		pv_error_set(err, PV_ERR_INTERNAL, "job type %s is not available",
+		             pv_job_type_name(job->type));
+		return NULL;
+	}
+	if (find_running(d, job->name) != NULL) {
+		pv_error_set(err, PV_ERR_BUSY, "job %s is already running", job->name);
+		return NULL;
+	}
 	if (!from_sched && !pv_sched_run_started(d->sched, job->name, err))
-		return false;
+		return NULL;
 
 	ar = pv_calloc(1, sizeof(*ar));
 	ar->d = d;
 	ar->ops = ops;
 	ar->finish_ev = event_new(d->base, -1, 0, finish_cb, ar);
 	ar->deadline_ev = evtimer_new(d->base, deadline_cb, ar);
+	ar->late = from_sched ? due_mono : -1; /* made a lateness by launch_run() */
 	run = &ar->run;
 	run->cfg = pv_config_ref(d->cfg);
 	run->job = job;
@@ -361,38 +406,56 @@ start_run(struct pv_daemon *d, const struct pv_config_job *job, const char *trig
 	run->figures = json_object();
 	run->on_done = run_done;
 	run->runner_arg = d;
+	ar->next = d->runs;
+	d->runs = ar;
 
 	if (!pv_state_run_begin(d->state, job->name, pv_job_type_name(job->type),
 	                        job->database != NULL ? job->database->name : NULL, trigger, slot,
 	                        run->started, &run->id, err)) {
 		pv_error_prefix(err, "cannot record run start: ");
-		if (!from_sched)
-			pv_sched_run_finished(d->sched, job->name);
-		pv_config_unref(run->cfg);
-		json_decref(run->figures);
-		event_free(ar->finish_ev);
-		event_free(ar->deadline_ev);
-		free(ar);
-		return false;
+		discard_run(d, ar, from_sched);
+		return NULL;
 	}
-	ar->next = d->runs;
-	d->runs = ar;
+	return ar;
+}
+
+/* The second half: the job itself starts. */
+static void
+launch_run(struct pv_daemon *d, struct active_run *ar)
+{
+	struct pv_job_run *run = &ar->run;
+	const struct pv_config_job *job = run->job;
+	struct timeval tv = {(time_t)pv_config_job_timeout(job) + DEADLINE_SLACK_SEC, 0};
+
+	if (ar->late >= 0) {
+		ar->late = pv_now_mono() - ar->late;
+		if (ar->late < 0)
+			ar->late = 0; /* the timer may fire a few ms early; the planner still saw it due */
+	}
 	pv_log_info("job started job=%s run=%lld database=%s type=%s trigger=%s", job->name,
 	            (long long)run->id, job->database ? job->database->name : "-",
-	            pv_job_type_name(job->type), trigger);
-	if (id_out != NULL)
-		*id_out = run->id;
-	{
-		struct timeval tv = {(time_t)pv_config_job_timeout(job) + DEADLINE_SLACK_SEC, 0};
-		event_add(ar->deadline_ev, &tv);
-	}
-	if (!ops->start(run)) {
+	            pv_job_type_name(job->type), run->trigger);
+	event_add(ar->deadline_ev, &tv);
+	if (!ar->ops->start(run)) {
 		/* The run is recorded as failed through the normal completion path. */
 		if (run->cause[0] == '\0')
 			snprintf(run->cause, sizeof(run->cause), "could not start");
 		run->result = PV_RUN_FAILED;
 		event_active(ar->finish_ev, EV_TIMEOUT, 0);
 	}
+}
+
+static bool
+start_run(struct pv_daemon *d, const struct pv_config_job *job, const char *trigger, time_t slot,
+          bool from_sched, double due_mono, int64_t *id_out, struct pv_error *err)
+{
+	struct active_run *ar = record_run(d, job, trigger, slot, from_sched, due_mono, err);
+
+	if (ar == NULL)
+		return false;
+	if (id_out != NULL)
+		*id_out = ar->run.id;
+	launch_run(d, ar);
 	return true;
 }
 
@@ -464,6 +527,9 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 	struct pv_sched_tick tick;
 	time_t now = time(NULL);
 	double mono = pv_now_mono();
+	struct active_run **ars;
+	struct pv_error berr;
+	bool batch;
 
 	if (d->stopping)
 		return;
@@ -478,6 +544,13 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 			persist_slot(d, m->job);
 		alert_note_missed(d, m);
 	}
+	/* The runs due together are recorded in one transaction (one sync, not one per run), then launched.
+	 */
+	ars = pv_calloc(tick.nruns + 1, sizeof(*ars));
+	batch = tick.nruns > 1 && pv_state_batch_begin(d->state, &berr);
+	if (tick.nruns > 1 && !batch)
+		pv_log_warn("cannot batch run starts, recording them one by one error=%s",
+		            pv_log_quote(berr.msg));
 	for (size_t i = 0; i < tick.nruns; i++) {
 		const struct pv_sched_run *r = &tick.runs[i];
 		const struct pv_config_job *job = pv_config_job_find(d->cfg, r->job);
@@ -485,13 +558,29 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 
 		if (r->calendar)
 			persist_slot(d, r->job);
-		if (job == NULL || !start_run(d, job, pv_sched_trigger_name(r->trigger),
-		                              r->calendar ? r->slot : 0, true, NULL, &err)) {
+		if (job == NULL ||
+		    (ars[i] = record_run(d, job, pv_sched_trigger_name(r->trigger), r->calendar ? r->slot : 0,
+		                         true, r->due_mono, &err)) == NULL) {
 			pv_log_error("cannot start job=%s error=%s", r->job,
 			             job == NULL ? "not configured" : pv_log_quote(err.msg));
 			pv_sched_run_finished(d->sched, r->job);
 		}
 	}
+	if (batch && !pv_state_batch_commit(d->state, &berr)) {
+		for (size_t i = 0; i < tick.nruns; i++) {
+			if (ars[i] == NULL)
+				continue;
+			pv_log_error("cannot start job=%s error=%s", tick.runs[i].job,
+			             pv_log_quote(berr.msg));
+			discard_run(d, ars[i], true);
+			ars[i] = NULL;
+			pv_sched_run_finished(d->sched, tick.runs[i].job);
+		}
+	}
+	for (size_t i = 0; i < tick.nruns; i++)
+		if (ars[i] != NULL)
+			launch_run(d, ars[i]);
+	free(ars);
 	pv_sched_tick_clear(&tick);
 	schedule_tick(d, pv_sched_next_wakeup(d->sched, time(NULL), pv_now_mono()));
 }
@@ -968,6 +1057,8 @@ alert_evaluate(struct pv_daemon *d)
 
 	if (d->stopping || d->outbox == NULL)
 		return;
+	d->alert_last_mono = pv_now_mono();
+	d->alert_soon = false;
 	if (!pv_alert_snapshot_build(d->state, d->cfg, now, d->started, &snap, &err)) {
 		pv_log_error("cannot evaluate alerts error=%s", pv_log_quote(err.msg));
 		snprintf(d->alert_error, sizeof(d->alert_error), "%s", err.msg);
@@ -1029,6 +1120,23 @@ heartbeat_healthy(void *arg, char *why, size_t size)
 		return false;
 	}
 	return true;
+}
+
+/* Evaluate now, or once ALERT_COALESCE_SEC after the previous evaluation: every run's outcome is seen,
+ * at most that much later, without rebuilding the snapshot for each of many runs ending together. */
+static void
+alert_after_run(struct pv_daemon *d)
+{
+	double since = pv_now_mono() - d->alert_last_mono;
+
+	if (d->alert_soon)
+		return;
+	if (since >= ALERT_COALESCE_SEC) {
+		alert_evaluate(d);
+		return;
+	}
+	d->alert_soon = true;
+	alert_schedule(d, ALERT_COALESCE_SEC - since);
 }
 
 static bool
@@ -1408,6 +1516,25 @@ pv_daemon_is_admin(struct pv_daemon *d, uid_t uid, gid_t gid)
 	return pv_ctl_peer_in_list(uid, gid, &d->cfg->daemon.admins);
 }
 
+struct event_base *
+pv_daemon_loop_new(void)
+{
+	struct event_config *ec = event_config_new();
+	struct timeval slice = {0, LOOP_SLICE_USEC};
+	struct event_base *base;
+
+	if (ec == NULL)
+		return NULL;
+	event_config_set_max_dispatch_interval(ec, &slice, -1, PV_DAEMON_PRIO_TIMER + 1);
+	base = event_base_new_with_config(ec);
+	event_config_free(ec);
+	if (base != NULL && event_base_priority_init(base, LOOP_PRIORITIES) != 0) {
+		event_base_free(base);
+		return NULL;
+	}
+	return base;
+}
+
 struct pv_daemon *
 pv_daemon_new(const struct pv_daemon_opts *opts, struct pv_error *err)
 {
@@ -1427,7 +1554,7 @@ pv_daemon_new(const struct pv_daemon_opts *opts, struct pv_error *err)
 		goto fail;
 	pv_log_set_level(d->cfg->daemon.log_level);
 
-	d->base = event_base_new();
+	d->base = pv_daemon_loop_new();
 	if (d->base == NULL) {
 		pv_error_set(err, PV_ERR_INTERNAL, "cannot create the event loop");
 		goto fail;
@@ -1481,6 +1608,8 @@ pv_daemon_new(const struct pv_daemon_opts *opts, struct pv_error *err)
 	d->ev_term = evsignal_new(d->base, SIGTERM, term_cb, d);
 	d->ev_int = evsignal_new(d->base, SIGINT, term_cb, d);
 	d->ev_tick = evtimer_new(d->base, tick_cb, d);
+	if (d->ev_tick != NULL)
+		event_priority_set(d->ev_tick, PV_DAEMON_PRIO_TIMER);
 	event_add(d->ev_hup, NULL);
 	event_add(d->ev_term, NULL);
 	event_add(d->ev_int, NULL);
@@ -1829,5 +1958,5 @@ pv_daemon_run_job(struct pv_daemon *d, const char *name, int64_t *run_id, struct
 		return pv_error_set(err, PV_ERR_BUSY, "the daemon is stopping");
 	if (job == NULL)
 		return pv_error_set(err, PV_ERR_NOT_FOUND, "no job named \"%s\"", name);
-	return start_run(d, job, "manual", 0, false, run_id, err);
+	return start_run(d, job, "manual", 0, false, 0, run_id, err);
 }

@@ -19,6 +19,11 @@ struct pv_daemon_opts {
 	int ready_fd; /* written to and closed once ready (background start), or -1 */
 };
 
+/* The daemon's event loop: events at PV_DAEMON_PRIO_TIMER (the scheduler's timer) are dispatched before
+ * the others, which have the default priority and yield to them every few milliseconds. */
+#define PV_DAEMON_PRIO_TIMER 0
+struct event_base *pv_daemon_loop_new(void);
+
 /* Load the configuration, open state, bind the control socket, plan the schedule. */
 struct pv_daemon *pv_daemon_new(const struct pv_daemon_opts *opts, struct pv_error *err);
 /* Run until SIGTERM/SIGINT; returns the process exit status. */

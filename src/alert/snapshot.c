@@ -37,103 +37,99 @@ ended(const struct pv_state_run *r)
 	return r->result != NULL && r->finished > 0;
 }
 
-static bool
-job_of(const struct pv_config_job *job, const char *db)
+/* The index in cfg->databases of the job's database, or -1: jobs are visited once, not once per database. */
+static long
+database_index(const struct pv_config *cfg, const struct pv_config_job *job)
 {
-	return job->database != NULL && eq(job->database->name, db);
+	if (job->database == NULL)
+		return -1;
+	if (job->database >= cfg->databases && job->database < cfg->databases + cfg->n_databases)
+		return job->database - cfg->databases;
+	for (size_t i = 0; i < cfg->n_databases; i++)
+		if (eq(cfg->databases[i].name, job->database->name))
+			return (long)i;
+	return -1;
 }
 
-/* The newest health run of the database's health jobs that recorded a "connected" figure. */
+/* The newest health run of the database's health jobs that recorded a "connected" figure; called for each
+ * health job of the database in turn, *best carrying the newest finish seen so far. */
 static bool
-fill_health(struct pv_state *st, const struct pv_config *cfg, struct pv_alert_snap_database *sd,
-            struct pv_error *err)
+fill_health(struct pv_state *st, const struct pv_config_job *job, struct pv_alert_snap_database *sd,
+            time_t *best_io, struct pv_error *err)
 {
-	time_t best = 0;
+	time_t best = *best_io;
+	struct pv_state_run *runs = NULL;
+	size_t n = 0;
 
-	for (size_t j = 0; j < cfg->n_jobs; j++) {
-		const struct pv_config_job *job = &cfg->jobs[j];
-		struct pv_state_run *runs = NULL;
-		size_t n = 0;
-
-		if (job->type != PV_JOB_HEALTH || !job_of(job, sd->name))
+	if (!pv_state_runs_list(st, job->name, HEALTH_RUNS, &runs, &n, err))
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		json_t *f, *c;
+		if (!ended(&runs[i]) || !eq(runs[i].database, sd->name))
 			continue;
-		if (!pv_state_runs_list(st, job->name, HEALTH_RUNS, &runs, &n, err))
-			return false;
-		for (size_t i = 0; i < n; i++) {
-			json_t *f, *c;
-			if (!ended(&runs[i]) || !eq(runs[i].database, sd->name))
-				continue;
-			f = figures_of(&runs[i]);
-			c = json_object_get(f, "connected");
-			if (!json_is_boolean(c)) {
-				json_decref(f);
-				continue;
-			}
-			if (runs[i].finished >= best) {
-				best = runs[i].finished;
-				sd->have_health = true;
-				sd->connected = json_is_true(c);
-				sd->failing_since = sd->connected
-				                            ? 0
-				                            : (time_t)json_integer_value(
-				                                      json_object_get(f, "failing_since"));
-				if (!sd->connected && sd->failing_since <= 0)
-					sd->failing_since = runs[i].started;
-			}
+		f = figures_of(&runs[i]);
+		c = json_object_get(f, "connected");
+		if (!json_is_boolean(c)) {
 			json_decref(f);
-			break;
+			continue;
 		}
-		pv_state_runs_free(runs, n);
+		if (runs[i].finished >= best) {
+			best = runs[i].finished;
+			sd->have_health = true;
+			sd->connected = json_is_true(c);
+			sd->failing_since =
+			        sd->connected
+			                ? 0
+			                : (time_t)json_integer_value(json_object_get(f, "failing_since"));
+			if (!sd->connected && sd->failing_since <= 0)
+				sd->failing_since = runs[i].started;
+		}
+		json_decref(f);
+		break;
 	}
+	pv_state_runs_free(runs, n);
+	*best_io = best;
 	return true;
 }
 
 /* The newest successful probe or drill (achieved RTO) and the largest current failure streak. */
 static bool
-fill_restore(struct pv_state *st, const struct pv_config *cfg, struct pv_alert_snap_database *sd,
+fill_restore(struct pv_state *st, const struct pv_config_job *job, struct pv_alert_snap_database *sd,
              struct pv_error *err)
 {
-	for (size_t j = 0; j < cfg->n_jobs; j++) {
-		const struct pv_config_job *job = &cfg->jobs[j];
-		struct pv_state_run *runs = NULL;
-		size_t n = 0;
-		bool streak_known = false;
+	struct pv_state_run *runs = NULL;
+	size_t n = 0;
+	bool streak_known = false;
 
-		if ((job->type != PV_JOB_RESTORE_PROBE && job->type != PV_JOB_DRILL) ||
-		    !job_of(job, sd->name))
+	if (!pv_state_runs_list(st, job->name, RESTORE_RUNS, &runs, &n, err))
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		struct pv_state_run *r = &runs[i];
+		json_t *f;
+		if (!ended(r) || !eq(r->database, sd->name) || eq(r->result, "cancelled"))
 			continue;
-		if (!pv_state_runs_list(st, job->name, RESTORE_RUNS, &runs, &n, err))
-			return false;
-		for (size_t i = 0; i < n; i++) {
-			struct pv_state_run *r = &runs[i];
-			json_t *f;
-			if (!ended(r) || !eq(r->database, sd->name) || eq(r->result, "cancelled"))
-				continue;
-			f = figures_of(r);
-			if (!streak_known) {
-				json_t *c = json_object_get(f, "consecutive_failures");
-				int cons = json_is_integer(c) ? (int)json_integer_value(c) : 0;
-				streak_known = true;
-				if (cons > sd->consecutive_probe_failures)
-					sd->consecutive_probe_failures = cons;
-			}
-			if (eq(r->result, "ok")) {
-				if (!sd->have_restore || r->finished > sd->restore_at) {
-					json_t *t = json_object_get(f, "total_seconds");
-					sd->have_restore = true;
-					sd->restore_seconds =
-					        json_is_number(t) ? json_number_value(t) : r->duration;
-					sd->restore_at = r->finished;
-					sd->restore_kind =
-					        job->type == PV_JOB_DRILL ? "drill" : "restore_probe";
-				}
-				json_decref(f);
-				break;
+		f = figures_of(r);
+		if (!streak_known) {
+			json_t *c = json_object_get(f, "consecutive_failures");
+			int cons = json_is_integer(c) ? (int)json_integer_value(c) : 0;
+			streak_known = true;
+			if (cons > sd->consecutive_probe_failures)
+				sd->consecutive_probe_failures = cons;
+		}
+		if (eq(r->result, "ok")) {
+			if (!sd->have_restore || r->finished > sd->restore_at) {
+				json_t *t = json_object_get(f, "total_seconds");
+				sd->have_restore = true;
+				sd->restore_seconds = json_is_number(t) ? json_number_value(t) : r->duration;
+				sd->restore_at = r->finished;
+				sd->restore_kind = job->type == PV_JOB_DRILL ? "drill" : "restore_probe";
 			}
 			json_decref(f);
+			break;
 		}
-		pv_state_runs_free(runs, n);
+		json_decref(f);
 	}
+	pv_state_runs_free(runs, n);
 	return true;
 }
 
@@ -240,6 +236,7 @@ pv_alert_snapshot_build(struct pv_state *st, const struct pv_config *cfg, time_t
 {
 	struct pv_alert_snap_database *dbs = pv_calloc(cfg->n_databases + 1, sizeof(*dbs));
 	struct pv_alert_snap_backup_job *bjs = pv_calloc(cfg->n_jobs + 1, sizeof(*bjs));
+	time_t *health_best = pv_calloc(cfg->n_databases + 1, sizeof(*health_best));
 	size_t nb = 0;
 
 	memset(out, 0, sizeof(*out));
@@ -275,14 +272,27 @@ pv_alert_snapshot_build(struct pv_state *st, const struct pv_config *cfg, time_t
 				*err = lerr;
 			goto fail;
 		}
-		if (!fill_health(st, cfg, sd, err) || !fill_restore(st, cfg, sd, err))
+	}
+	/* In job order, as each database's own health and restore jobs would be visited. */
+	for (size_t j = 0; j < cfg->n_jobs; j++) {
+		const struct pv_config_job *job = &cfg->jobs[j];
+		long i = database_index(cfg, job);
+
+		if (i < 0)
+			continue;
+		if (job->type == PV_JOB_HEALTH && !fill_health(st, job, &dbs[i], &health_best[i], err))
+			goto fail;
+		if ((job->type == PV_JOB_RESTORE_PROBE || job->type == PV_JOB_DRILL) &&
+		    !fill_restore(st, job, &dbs[i], err))
 			goto fail;
 	}
 	if (!fill_storage(st, cfg, &out->storage, err))
 		goto fail;
+	free(health_best);
 	(void)now;
 	return true;
 fail:
+	free(health_best);
 	pv_alert_snapshot_free(out);
 	return false;
 }

@@ -305,7 +305,7 @@ struct vjob {
 	size_t n, next;
 	struct pv_verify_op *op;
 	double budget_end; /* monotonic: start no new verification after this */
-	int verified, failed;
+	int verified, failed, pruned;
 	char first_failure[512];
 };
 
@@ -322,6 +322,7 @@ vjob_end(struct vjob *vj)
 	json_object_set_new(run->figures, "verified", json_integer(vj->verified));
 	json_object_set_new(run->figures, "failed", json_integer(vj->failed));
 	json_object_set_new(run->figures, "not_reached", json_integer((json_int_t)skipped));
+	json_object_set_new(run->figures, "pruned", json_integer(vj->pruned));
 	if (run->cancel_requested)
 		snprintf(cause, sizeof(cause), "cancelled");
 	else if (vj->failed > 0)
@@ -368,13 +369,28 @@ vjob_next(struct vjob *vj)
 {
 	struct pv_job_run *run = vj->run;
 	struct pv_state_backup *b;
+	struct pv_error err;
 
-	if (run->cancel_requested || vj->next >= vj->n || pv_now_mono() > vj->budget_end) {
-		vjob_end(vj);
-		return;
+	for (;;) {
+		if (run->cancel_requested || vj->next >= vj->n || pv_now_mono() > vj->budget_end) {
+			vjob_end(vj);
+			return;
+		}
+		b = &vj->list[vj->next++];
+		/* In use from now on, so retention leaves it alone. The list was taken when the run started:
+		 * a backup pruned since (retention after a newer backup of its job) is not there to verify.
+		 */
+		if (pv_state_backup_use(run->state, b->database, b->job, b->id, +1, &err))
+			break;
+		if (err.code != PV_ERR_NOT_FOUND) {
+			pv_log_warn("cannot mark backup in use backup=%s/%s/%s error=%s", b->database, b->job,
+			            b->id, pv_log_quote(err.msg));
+			break;
+		}
+		vj->pruned++;
+		pv_log_info("backup pruned before its verification, skipped backup=%s/%s/%s", b->database,
+		            b->job, b->id);
 	}
-	b = &vj->list[vj->next++];
-	pv_state_backup_use(run->state, b->database, b->job, b->id, +1, NULL);
 	vj->op = pv_verify_start(run->base, b, vj->ring, run->cfg->daemon.pg_bin_dir, vjob_done, vj);
 }
 

@@ -28,6 +28,7 @@ struct entry {
 	bool waiting;
 	uint64_t wait_seq;
 	time_t wait_slot;
+	double wait_due; /* monotonic */
 	enum pv_sched_trigger wait_trigger;
 	bool has_deadline;
 	double wait_deadline; /* monotonic */
@@ -121,7 +122,7 @@ static void
 push_run(struct pv_sched_tick *out, const struct entry *e, enum pv_sched_trigger trigger, time_t slot)
 {
 	out->runs = pv_realloc(out->runs, (out->nruns + 1) * sizeof(*out->runs));
-	out->runs[out->nruns++] = (struct pv_sched_run){e->name, trigger, slot, is_calendar(e)};
+	out->runs[out->nruns++] = (struct pv_sched_run){e->name, trigger, slot, is_calendar(e), e->wait_due};
 }
 
 static void
@@ -154,9 +155,10 @@ offer(struct pv_sched *s, struct pv_sched_tick *out, struct entry *e, time_t slo
 	e->waiting = true;
 	e->wait_seq = s->seq++;
 	e->wait_slot = slot;
+	e->wait_due = now_mono - lateness;
 	e->wait_trigger = trigger;
 	e->has_deadline = e->job.grace > 0;
-	e->wait_deadline = now_mono - lateness + e->job.grace;
+	e->wait_deadline = e->wait_due + e->job.grace;
 }
 
 static void
@@ -190,6 +192,7 @@ init_entry(struct pv_sched *s, struct entry *e, time_t now_wall, double now_mono
 		e->waiting = true;
 		e->wait_seq = s->seq++;
 		e->wait_slot = missed;
+		e->wait_due = now_mono;
 		e->wait_trigger = PV_SCHED_CATCH_UP;
 		e->has_deadline = e->job.grace > 0;
 		e->wait_deadline = now_mono + e->job.grace;

@@ -51,6 +51,7 @@ struct pv_sched_run {
 	enum pv_sched_trigger trigger;
 	time_t slot;
 	bool calendar;
+	double due_mono; /* monotonic time it came due (jitter included), to measure how late it starts */
 };
 
 struct pv_sched_miss {

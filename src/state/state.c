@@ -1227,6 +1227,21 @@ tx_rollback(struct pv_state *st)
 }
 
 bool
+pv_state_batch_begin(struct pv_state *st, struct pv_error *err)
+{
+	return tx_begin(st, "beginning a batch", err);
+}
+
+bool
+pv_state_batch_commit(struct pv_state *st, struct pv_error *err)
+{
+	if (tx_commit(st, "committing a batch", err))
+		return true;
+	tx_rollback(st);
+	return false;
+}
+
+bool
 pv_state_backup_add(struct pv_state *st, const struct pv_state_backup *b, struct pv_error *err)
 {
 	const char *doing = "recording backup";

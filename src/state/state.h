@@ -42,6 +42,10 @@ int pv_state_schema_latest(void);
 bool pv_state_run_begin(struct pv_state *st, const char *job, const char *type, const char *database,
                         const char *trigger, time_t scheduled_for, time_t started, int64_t *id,
                         struct pv_error *err);
+/* Writes between these commit together, with one sync (the run starts of one scheduler tick). A failed
+ * commit rolls back every write since pv_state_batch_begin(). */
+bool pv_state_batch_begin(struct pv_state *st, struct pv_error *err);
+bool pv_state_batch_commit(struct pv_state *st, struct pv_error *err);
 bool pv_state_run_end(struct pv_state *st, int64_t id, time_t finished, double duration, const char *result,
                       const char *cause, const char *figures_json, struct pv_error *err);
 /* Most recent run of a job (finished or not); false with PV_ERR_NOT_FOUND when none. */

@@ -1,6 +1,8 @@
 /* Unit tests for src/alert: every rule at its exact threshold, the alert state machine, silences, JSON. */
 #include <check.h>
+#include <ftw.h>
 #include <jansson.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,7 +10,9 @@
 
 #include "alert/engine.h"
 #include "alert/rules.h"
+#include "alert/snapshot.h"
 #include "config/config.h"
+#include "state/state.h"
 #include "util/error.h"
 #include "util/mem.h"
 
@@ -1070,6 +1074,96 @@ START_TEST(test_alert__json_rejects_malformed)
 }
 END_TEST
 
+/* ---- snapshot from the state database ---- */
+
+/* Made by an unchecked fixture (Check's fork mode skips checked teardown on failure). */
+static char base_dir[PATH_MAX];
+
+static void
+base_setup(void)
+{
+	const char *tmp = getenv("TMPDIR");
+
+	snprintf(base_dir, sizeof(base_dir), "%s/pgvigil-check-alert-XXXXXX", tmp != NULL ? tmp : "/tmp");
+	if (mkdtemp(base_dir) == NULL) {
+		perror("mkdtemp");
+		abort();
+	}
+}
+
+static int
+remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	return remove(path);
+}
+
+static void
+base_teardown(void)
+{
+	nftw(base_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static void
+snap_run(struct pv_state *st, const char *job, const char *db, time_t finished, const char *figures)
+{
+	struct pv_error err = {0};
+	int64_t id;
+
+	if (!pv_state_run_begin(st, job, "health", db, "schedule", 0, finished - 1, &id, &err) ||
+	    !pv_state_run_end(st, id, finished, 1.0, "ok", NULL, figures, &err))
+		ck_abort_msg("run %s: %s", job, err.msg);
+}
+
+/* Each database gets the newest connectivity of its own health jobs, whatever the order of jobs. */
+START_TEST(test_alert__snapshot_health_per_database)
+{
+	static const char yaml[] = "storage:\n"
+	                           "  path: /nonexistent/backups\n"
+	                           "databases:\n"
+	                           "  a: { conninfo: \"host=localhost dbname=a\" }\n"
+	                           "  b: { conninfo: \"host=localhost dbname=b\" }\n"
+	                           "  c: { conninfo: \"host=localhost dbname=c\" }\n"
+	                           "jobs:\n"
+	                           "  hb: { type: health, database: b, every: 10s }\n"
+	                           "  ha1: { type: health, database: a, every: 10s }\n"
+	                           "  ha2: { type: health, database: a, every: 1m }\n";
+	struct pv_error err = {0};
+	struct pv_config *cfg = pv_config_load_string("t.yaml", yaml, NULL, &err);
+	struct pv_alert_snapshot snap;
+	struct pv_state *st;
+	char path[PATH_MAX + 16];
+
+	ck_assert_msg(cfg != NULL, "config: %s", err.msg);
+	snprintf(path, sizeof(path), "%s/state.db", base_dir);
+	ck_assert_msg(pv_state_open(path, &st, &err), "%s", err.msg);
+	snap_run(st, "ha1", "a", NOW - 100, "{\"connected\":true}");
+	snap_run(st, "ha2", "a", NOW - 50, "{\"connected\":false,\"failing_since\":1799999800}");
+	snap_run(st, "ha1", "a", NOW - 70, "{\"connected\":true}");
+	snap_run(st, "hb", "b", NOW - 10, "{\"connected\":true}");
+
+	ck_assert_msg(pv_alert_snapshot_build(st, cfg, NOW, NOW - 3600, &snap, &err), "%s", err.msg);
+	ck_assert_uint_eq(snap.n_databases, 3);
+	ck_assert_str_eq(snap.databases[0].name, "a");
+	ck_assert(snap.databases[0].have_health);
+	ck_assert(!snap.databases[0].connected); /* ha2's run is the newest of a's */
+	ck_assert_int_eq(snap.databases[0].failing_since, NOW - 200);
+	ck_assert_str_eq(snap.databases[1].name, "b");
+	ck_assert(snap.databases[1].have_health);
+	ck_assert(snap.databases[1].connected);
+	ck_assert_str_eq(snap.databases[2].name, "c");
+	ck_assert(!snap.databases[2].have_health);
+	pv_alert_snapshot_free(&snap);
+
+	snap_run(st, "ha1", "a", NOW - 5, "{\"connected\":true}");
+	ck_assert_msg(pv_alert_snapshot_build(st, cfg, NOW, NOW - 3600, &snap, &err), "%s", err.msg);
+	ck_assert(snap.databases[0].connected);
+	ck_assert_int_eq(snap.databases[0].failing_since, 0);
+	pv_alert_snapshot_free(&snap);
+	pv_state_close(st);
+	pv_config_unref(cfg);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -1100,6 +1194,10 @@ main(void)
 	tcase_add_test(tc, test_alert__json_round_trip);
 	tcase_add_loop_test(tc, test_alert__json_rejects_malformed, 0,
 	                    sizeof(bad_json) / sizeof(bad_json[0]));
+	suite_add_tcase(s, tc);
+	tc = tcase_create("snapshot");
+	tcase_add_unchecked_fixture(tc, base_setup, base_teardown);
+	tcase_add_test(tc, test_alert__snapshot_health_per_database);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

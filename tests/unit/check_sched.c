@@ -715,6 +715,45 @@ START_TEST(test_sched__never_overlaps_itself)
 }
 END_TEST
 
+/* due_mono lets the daemon measure how late a run starts: a late tick, a heavy slot freed later. */
+START_TEST(test_sched__due_time_of_runs)
+{
+	struct fixture fx;
+	struct pv_sched_job jobs[3];
+	double t0;
+
+	fx_init(&fx, 1, "2026-05-04T09:59:00Z");
+	t0 = fx.clk.mono;
+	jobs[0] = interval_job("health", 10, false);
+	jobs[1] = calendar_job(&fx, "backup-a", "0 10 * * *", true);
+	jobs[2] = calendar_job(&fx, "backup-b", "0 10 * * *", true);
+	fx_configure(&fx, jobs, 3);
+	fx_tick(&fx);
+	assert_run(&fx.tick, 0, "health", PV_SCHED_SCHEDULE, NULL);
+	ck_assert(fx.tick.runs[0].due_mono == t0);
+	pv_sched_run_finished(fx.s, "health");
+
+	advance(&fx.clk, 13); /* a tick 3 s late */
+	fx_tick(&fx);
+	assert_run(&fx.tick, 0, "health", PV_SCHED_SCHEDULE, NULL);
+	ck_assert(fx.tick.runs[0].due_mono == t0 + 10);
+	pv_sched_run_finished(fx.s, "health");
+
+	advance(&fx.clk, 47); /* 10:00:00: both backups due, one heavy slot */
+	fx_tick(&fx);
+	ck_assert_uint_eq(fx.tick.nruns, 2); /* health (due at t0 + 20, phase kept) and backup-a */
+	assert_run(&fx.tick, 1, "backup-a", PV_SCHED_SCHEDULE, "2026-05-04T10:00:00Z");
+	ck_assert(fx.tick.runs[1].due_mono == t0 + 60);
+	pv_sched_run_finished(fx.s, "health");
+	advance(&fx.clk, 5);
+	pv_sched_run_finished(fx.s, "backup-a");
+	fx_tick(&fx);
+	assert_run(&fx.tick, 0, "backup-b", PV_SCHED_SCHEDULE, "2026-05-04T10:00:00Z");
+	ck_assert(fx.tick.runs[0].due_mono == t0 + 60); /* waited 5 s for the slot: still due at 10:00 */
+	fx_done(&fx);
+}
+END_TEST
+
 START_TEST(test_sched__max_parallel_queue_then_start)
 {
 	struct fixture fx;
@@ -1131,6 +1170,7 @@ main(void)
 	tcase_add_test(tc, test_sched__reload_removed_running_holds_slot);
 	tcase_add_test(tc, test_sched__configure_errors);
 	tcase_add_test(tc, test_sched__next_wakeup_capped);
+	tcase_add_test(tc, test_sched__due_time_of_runs);
 	tcase_add_test(tc, test_sched__planner_dst_gap_runs_once);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);

@@ -617,6 +617,34 @@ START_TEST(test_state__sched_get_set)
 }
 END_TEST
 
+/* The run starts of one scheduler tick commit together; a batch does not nest. */
+START_TEST(test_state__batch_commits_together)
+{
+	TEST_PATHS();
+	struct pv_state *st = open_ok(path);
+	struct pv_error err = {0};
+	int64_t id, count = 0;
+
+	ck_assert_msg(pv_state_batch_begin(st, &err), "%s", err.msg);
+	for (int i = 0; i < 3; i++)
+		ck_assert_msg(pv_state_run_begin(st, "health", "health", "prod", "schedule", 0,
+		                                 1700000000 + i, &id, &err),
+		              "%s", err.msg);
+	ck_assert(pv_state_sched_set(st, "nightly", 1700000000, &err));
+	ck_assert(!pv_state_batch_begin(st, &err)); /* already in one */
+	ck_assert_msg(pv_state_batch_commit(st, &err), "%s", err.msg);
+	ck_assert(!pv_state_batch_commit(st, &err)); /* nothing left to commit */
+	/* Autocommit again: a single write stands on its own. */
+	ck_assert(pv_state_run_begin(st, "health", "health", "prod", "schedule", 0, 1700000010, &id, &err));
+	pv_state_close(st);
+
+	st = open_ok(path);
+	ck_assert(pv_state_runs_count(st, "health", NULL, &count, &err));
+	ck_assert_int_eq(count, 4);
+	pv_state_close(st);
+}
+END_TEST
+
 START_TEST(test_state__kv_get_set)
 {
 	TEST_PATHS();
@@ -1865,6 +1893,7 @@ main(void)
 	tcase_add_test(tc, test_state__newer_schema_refused);
 	tcase_add_test(tc, test_state__runs_round_trip);
 	tcase_add_test(tc, test_state__runs_tally_settles_behind_running);
+	tcase_add_test(tc, test_state__batch_commits_together);
 	tcase_add_test(tc, test_state__error_names_action);
 	tcase_add_test(tc, test_state__unfinished_runs_marked_interrupted);
 	tcase_add_test(tc, test_state__sched_get_set);
