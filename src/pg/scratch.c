@@ -22,6 +22,9 @@
 	"SELECT datname FROM pg_catalog.pg_database "                                                        \
 	"WHERE pg_catalog.left(datname::text, pg_catalog.length($1)) = $1 ORDER BY datname"
 
+/* Rounds of plain DROP and removal of other sessions after the first, all within the deadline. */
+#define DROP_ROUNDS 3
+
 enum kind { K_CREATE, K_DROP, K_LIST, K_ASSERT };
 
 struct pv_pg_scratch_op {
@@ -30,10 +33,12 @@ struct pv_pg_scratch_op {
 	struct pv_pg_conn *conn;
 	struct event *deliver; /* reports a failure found before the loop ran */
 	double started, timeout;
-	char *name;      /* create, drop */
-	char *sql;       /* the statement of create, drop, assert */
-	bool terminated; /* drop before 13: pg_terminate_backend done */
-	bool escalated;  /* the plain DROP failed: other sessions are being removed */
+	char *name;              /* create, drop */
+	char *sql;               /* the statement of create, drop, assert */
+	bool terminated;         /* drop before 13: pg_terminate_backend done */
+	bool escalated;          /* the plain DROP failed: other sessions are being removed */
+	int rounds;              /* plain DROP then removal, repeated while a superuser process holds on */
+	struct pv_error removal; /* why removing the other sessions last failed */
 	struct pv_pg_scratch_result res;
 	pv_pg_scratch_cb cb;
 	void *arg;
@@ -184,22 +189,54 @@ escalate_drop(struct pv_pg_scratch_op *op)
 	}
 }
 
+/*
+ * Removing the other sessions failed: typically an autovacuum worker (a superuser process, which
+ * only a superuser or pg_signal_backend may end) entered the database after the plain DROP had made
+ * the last one leave. Another plain DROP makes it leave again; then the removal is tried again.
+ */
+static void
+retry_drop(struct pv_pg_scratch_op *op)
+{
+	op->escalated = false;
+	op->terminated = true;
+	op->rounds++;
+	free(op->sql);
+	op->sql = pv_asprintf("DROP DATABASE IF EXISTS \"%s\"", op->name);
+	send_sql(op, op->sql, 0, NULL);
+}
+
 static void
 on_statement(struct pv_pg_conn *conn, const PGresult *res, const struct pv_error *err, void *arg)
 {
 	struct pv_pg_scratch_op *op = arg;
 
-	if (err != NULL && op->kind == K_DROP && !op->escalated && err->code != PV_ERR_PG_TIMEOUT &&
-	    remaining(op) > 0) {
-		pv_log_info("plain drop failed, removing other sessions database=%s error=%s", op->name,
-		            pv_log_quote(err->msg));
-		escalate_drop(op);
-		return;
+	if (err != NULL && op->kind == K_DROP && err->code != PV_ERR_PG_TIMEOUT && remaining(op) > 0) {
+		if (!op->escalated) {
+			pv_log_info("plain drop failed, removing other sessions database=%s error=%s",
+			            op->name, pv_log_quote(err->msg));
+			escalate_drop(op);
+			return;
+		}
+		if (op->rounds < DROP_ROUNDS) {
+			pv_log_info("removing other sessions failed, dropping again database=%s error=%s",
+			            op->name, pv_log_quote(err->msg));
+			op->removal = *err;
+			retry_drop(op);
+			return;
+		}
 	}
 	if (err != NULL) {
 		switch (op->kind) {
 		case K_CREATE: fail(op, err, "creating database %s", op->name); return;
-		case K_DROP: fail(op, err, "dropping database %s", op->name); return;
+		case K_DROP:
+			/* Out of time on another round: the removal's refusal is the cause, not the clock. */
+			if (op->rounds > 0 && err->code == PV_ERR_PG_TIMEOUT)
+				fail(op, &op->removal,
+				     "dropping database %s (other sessions remained after %d attempts)",
+				     op->name, op->rounds + 1);
+			else
+				fail(op, err, "dropping database %s", op->name);
+			return;
 		case K_LIST: fail(op, err, "listing probe databases"); return;
 		case K_ASSERT: fail(op, err, NULL); return;
 		}

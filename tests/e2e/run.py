@@ -105,6 +105,10 @@ class Cluster:
         subprocess.run([PGTMP, "stop", self.dir], capture_output=True)
 
 
+# The logs of the daemons the current test cleaned up: printed (their tails) when it fails.
+CLEANED_LOGS = []
+
+
 class Daemon:
     """One pgvigild in the foreground with its own directory, config, notify socket."""
 
@@ -206,6 +210,7 @@ class Daemon:
             self.proc.wait()
         self.notify.close()
         log = self.logtext() if os.path.exists(self.log_path) else ""
+        CLEANED_LOGS.append(log)
         shutil.rmtree(self.dir, ignore_errors=True)
         # under --enable-sanitizers, any report from the daemon fails the test
         for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
@@ -2895,30 +2900,66 @@ notifiers:
         sink.close()
 
 
+def session_holder(cluster, db, user, seconds=120):
+    """A psql session sitting in db for `seconds`; wait until the server lists it."""
+    holder = subprocess.Popen([os.path.join(REAL_PG_BIN, "psql"), "-X", "-q", "-h", cluster.sock, "-p",
+                               str(cluster.port), "-U", user, "-d", db, "-c", "SELECT pg_sleep(%d)" % seconds],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: psql(cluster, "SELECT count(*) FROM pg_stat_activity WHERE datname = '%s' AND usename = '%s'"
+                          % (db, user), db="postgres", user="postgres") == "1", 10, "the session on " + db)
+    return holder
+
+
 @test
 def probe_leftover_with_a_session_dropped_at_start(cluster):
-    """A leftover scratch database that someone is still connected to: the plain DROP fails, the
-    daemon removes the other session (its own role may) and drops it; nothing else is touched."""
+    """Leftover scratch databases someone is still connected to. The plain DROP fails and the daemon
+    removes the other session (its own role may) and drops it. A superuser's session (as an autovacuum
+    worker is) it may not remove: it drops again until that session has left, and when it never does,
+    it says why the drop failed. Nothing else is touched."""
     probe_prepare(cluster)
-    name = "pgvigil_probe_demo_20200101t000000"
-    psql(cluster, 'CREATE DATABASE "%s"' % name, db="postgres", user="vigil")
-    holder = subprocess.Popen([os.path.join(REAL_PG_BIN, "psql"), "-X", "-q", "-h", cluster.sock, "-p",
-                               str(cluster.port), "-U", "vigil", "-d", name, "-c", "SELECT pg_sleep(60)"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    names = ["pgvigil_probe_demo_20200101t00000%d" % i for i in range(3)]
+    for name in names:
+        psql(cluster, 'CREATE DATABASE "%s"' % name, db="postgres", user="vigil")
+    holders = []
     d = Daemon()
     try:
-        wait_for(lambda: psql(cluster, "SELECT count(*) FROM pg_stat_activity WHERE datname = '%s'" % name,
-                              db="postgres", user="postgres") == "1", 10, "the session on the leftover")
+        holders.append(session_holder(cluster, names[0], "vigil"))
+        holders.append(session_holder(cluster, names[1], "postgres"))  # leaves when the daemon retries
+        holders.append(session_holder(cluster, names[2], "postgres"))  # never leaves
         d.write_config(probe_config(d, cluster, BACKUP_JOB % 2))
         d.start()
-        wait_for(lambda: name not in probe_dbs(cluster), 20, "the leftover scratch database to be dropped")
-        check("plain drop failed" in d.logtext(), "the drop did not go through the session removal")
-        check(holder.wait(10) != 0, "the other session was not ended")
+        try:
+            wait_for(lambda: names[0] not in probe_dbs(cluster), 20, "the first leftover to be dropped")
+            check(holders[0].wait(10) != 0, "the other session was not ended")
+            wait_for(lambda: "removing other sessions failed, dropping again database=%s" % names[1] in d.logtext(),
+                     20, "the retry on the superuser's session")
+            # the superuser's session ends, as an autovacuum worker's does
+            psql(cluster, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '%s'" % names[1],
+                 db="postgres", user="postgres")
+            wait_for(lambda: names[1] not in probe_dbs(cluster), 20, "the second leftover to be dropped")
+            failed = "cannot drop scratch database left by an earlier run target=scratch database=%s" % names[2]
+            wait_for(lambda: failed in d.logtext(), 30, "the third drop to fail")
+        except Failure as e:
+            raise Failure("%s\nsessions: %s\nlog tail:\n%s" % (
+                e, psql(cluster, "SELECT string_agg(coalesce(datname, '-') || '/' || usename || '/' || state || "
+                                 "'/' || left(query, 40), '; ') FROM pg_stat_activity", db="postgres",
+                        user="postgres"), d.logtext()[-3000:]))
+        log = d.logtext()
+        check("plain drop failed, removing other sessions database=%s" % names[0] in log,
+              "the drop did not go through the session removal")
+        line = [x for x in log.splitlines() if failed in x][0]
+        check("other sessions remained after" in line and "superuser" in line,
+              "the failure does not say why: " + line)
+        check(names[2] in probe_dbs(cluster), "the third leftover should still be there")
+        check(holders[2].poll() is None, "the superuser's session was ended")
         check(d.stop() == 0, "exit status")
     finally:
-        if holder.poll() is None:
-            holder.kill()
+        for h in holders:
+            if h.poll() is None:
+                h.kill()
+                h.wait()
         d.cleanup()
+        probe_prepare(cluster)
 
 
 # ---- parallel restore (probe.c: -j N from a temporary file above 16 MiB of archive) ----
@@ -3511,6 +3552,7 @@ def main():
                 print("skip %-45s (PGVIGIL_E2E_SKIP)" % fn.__name__, flush=True)
                 continue
             t0 = time.monotonic()
+            CLEANED_LOGS.clear()
             try:
                 fn(cluster)
                 passed += 1
@@ -3522,6 +3564,10 @@ def main():
                     print("     " + str(e).replace("\n", "\n     "))
                 else:
                     traceback.print_exc()
+                for i, log in enumerate(CLEANED_LOGS):
+                    tail = log.splitlines()[-25:]
+                    print("     daemon %d of %d, last %d log lines:" % (i + 1, len(CLEANED_LOGS), len(tail)))
+                    print("\n".join("       " + line for line in tail), flush=True)
     finally:
         cluster.stop()
     print("e2e: %d passed, %d failed" % (passed, failed))
