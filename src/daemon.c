@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,7 @@
 #include "ctl/report.h"
 #include "ctl/server.h"
 #include "jobs/catalog.h"
+#include "jobs/health.h"
 #include "jobs/job.h"
 #include "jobs/probe.h"
 #include "loop/notify.h"
@@ -121,6 +123,7 @@ static void alert_schedule(struct pv_daemon *d, double delay);
 static void alert_evaluate(struct pv_daemon *d);
 static void alert_after_run(struct pv_daemon *d);
 static void alert_note_run(struct pv_daemon *d, const struct pv_job_run *run);
+static void fd_limit_check(const struct pv_config *cfg);
 static void alert_note_missed(struct pv_daemon *d, const struct pv_sched_miss *m);
 static json_t *time_json(time_t t);
 
@@ -1389,6 +1392,8 @@ pv_daemon_reload(struct pv_daemon *d, struct pv_error *err)
 	level = cfg->daemon.log_level;
 	pv_log_set_level(level);
 	metrics_reload(d);
+	fd_limit_check(cfg);
+	pv_job_health_configure(cfg);
 	d->reload.ok = true;
 	d->reload.error[0] = '\0';
 	pv_log_notice("configuration reloaded jobs=%zu databases=%zu", cfg->n_jobs, cfg->n_databases);
@@ -1535,6 +1540,34 @@ pv_daemon_loop_new(void)
 	return base;
 }
 
+/* Descriptors the daemon needs besides kept sessions: state, socket, clients, runs, notifiers. */
+#define FD_RESERVE 256
+
+/*
+ * Health jobs with keep_connection hold a session each: take the hard limit on open files as the
+ * soft one (as systemd's LimitNOFILE would) and say so when even that is too low.
+ */
+static void
+fd_limit_check(const struct pv_config *cfg)
+{
+	struct rlimit rl;
+	size_t kept = 0;
+
+	for (size_t i = 0; i < cfg->n_jobs; i++)
+		kept += cfg->jobs[i].type == PV_JOB_HEALTH && cfg->jobs[i].keep_connection;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) != 0 && getrlimit(RLIMIT_NOFILE, &rl) != 0)
+			return;
+	}
+	if (rl.rlim_cur != RLIM_INFINITY && kept + FD_RESERVE > rl.rlim_cur)
+		pv_log_warn("open file limit too low for the kept health sessions limit=%llu "
+		            "keep_connection_jobs=%zu needed=%zu; HINT: raise LimitNOFILE",
+		            (unsigned long long)rl.rlim_cur, kept, kept + FD_RESERVE);
+}
+
 struct pv_daemon *
 pv_daemon_new(const struct pv_daemon_opts *opts, struct pv_error *err)
 {
@@ -1594,6 +1627,8 @@ pv_daemon_new(const struct pv_daemon_opts *opts, struct pv_error *err)
 	d->sched = pv_sched_new(d->cfg->daemon.max_parallel_jobs);
 	if (!sched_load(d, d->cfg, err))
 		goto fail;
+	fd_limit_check(d->cfg);
+	pv_job_health_configure(d->cfg);
 	if (!alert_start(d, err))
 		goto fail;
 
@@ -1684,6 +1719,7 @@ pv_daemon_free(struct pv_daemon *d)
 	events_clear(d);
 	broken_clear(d);
 	pv_notify_shutdown();
+	pv_job_health_configure(NULL);
 	pv_proc_shutdown();
 	pv_sched_free(d->sched);
 	pv_state_close(d->state);

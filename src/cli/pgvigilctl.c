@@ -353,6 +353,8 @@ print_status(json_t *d)
 		if (json_is_number(json_object_get(fig, "connect_seconds")))
 			fmt_duration(json_number_value(json_object_get(fig, "connect_seconds")), lat,
 			             sizeof(lat));
+		else if (json_is_true(json_object_get(fig, "reused_connection")))
+			snprintf(lat, sizeof(lat), "kept");
 		json_t *nb = json_object_get(db, "newest_verified_backup");
 		char newest[64] = "none";
 		char ver[16];

@@ -68,6 +68,7 @@ static const struct keydef job_keys[] = {
         {"exclude_schemas", JT(BACKUP)},
         {"exclude_table_data", JT(BACKUP)},
         {"schema_copy", JT(BACKUP)},
+        {"keep_connection", JT(HEALTH)},
 };
 static const struct keydef alerts_keys[] = {
         {"group_wait", 0}, {"repeat_every", 0}, {"send_resolved", 0}, {"rules", 0}};
@@ -604,6 +605,8 @@ load_job(struct loader *ld, yaml_node_t *key, yaml_node_t *val, struct pv_config
 	job->heavy = type == PV_JOB_BACKUP || type == PV_JOB_VERIFY || type == PV_JOB_RESTORE_PROBE ||
 	             type == PV_JOB_DRILL;
 
+	if (type == PV_JOB_HEALTH)
+		ld_bool(ld, val, path, "keep_connection", &job->keep_connection);
 	if (type != PV_JOB_BACKUP)
 		return;
 	if (ld_get(ld, val, "keep", NULL) == NULL)

@@ -112,6 +112,9 @@ struct pv_config_job {
 	struct pv_strv exclude_schemas;    /* -N */
 	struct pv_strv exclude_table_data; /* --exclude-table-data */
 	bool schema_copy;                  /* also keep a schema-only dump */
+
+	/* health */
+	bool keep_connection; /* reuse one connection between runs instead of connecting each time */
 };
 
 /* The alert rules of SPEC §4; alerts.rules[PV_RULE_X] is rule X (all present, defaults filled in). */

@@ -278,6 +278,8 @@ dump_job(FILE *out, const struct pv_config_job *j)
 	if (j->cron != NULL)
 		kv_bool(out, 4, "catch_up", j->catch_up);
 	kv_dur(out, 4, "grace", j->grace);
+	if (j->type == PV_JOB_HEALTH)
+		kv_bool(out, 4, "keep_connection", j->keep_connection);
 	if (j->type != PV_JOB_BACKUP)
 		return;
 	fprintf(out, "    keep: %d\n", j->keep);

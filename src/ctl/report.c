@@ -416,9 +416,9 @@ health_section(struct pv_state *st, const struct pv_config *cfg, const struct pv
 		return json_null();
 	h = run_summary(&r);
 	f = figures_of(&r);
-	for (const char **k =
-	             (const char *[]){"connected", "connect_seconds", "query_seconds", "server_version",
-	                              "database_size_bytes", "failing_since", "error_class", NULL};
+	for (const char **k = (const char *[]){"connected", "connect_seconds", "query_seconds",
+	                                       "server_version", "database_size_bytes", "failing_since",
+	                                       "error_class", "reused_connection", NULL};
 	     *k != NULL; k++)
 		copy_figure(h, f, *k);
 	if (!eq(r.result, "ok")) {
@@ -874,6 +874,11 @@ md_health(FILE *out, const json_t *db)
 		fprintf(out, "\n");
 		if (json_is_number(json_object_get(h, "connect_seconds"))) {
 			fprintf(out, "- Connect latency: %s", ms(jnum(h, "connect_seconds"), a, sizeof(a)));
+			if (json_is_number(json_object_get(h, "query_seconds")))
+				fprintf(out, ", query %s", ms(jnum(h, "query_seconds"), a, sizeof(a)));
+			fprintf(out, "\n");
+		} else if (json_is_true(json_object_get(h, "reused_connection"))) {
+			fprintf(out, "- Session kept from an earlier check (keep_connection)");
 			if (json_is_number(json_object_get(h, "query_seconds")))
 				fprintf(out, ", query %s", ms(jnum(h, "query_seconds"), a, sizeof(a)));
 			fprintf(out, "\n");

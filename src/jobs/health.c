@@ -1,5 +1,6 @@
 /* The `health` job type: one pv_pg health probe per run, its figures recorded on the run. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
@@ -9,6 +10,40 @@
 #include "pg/pg.h"
 #include "state/state.h"
 #include "util/log.h"
+#include "util/mem.h"
+
+/*
+ * The idle sessions that health jobs with keep_connection hand from one run to the next, indexed like
+ * the jobs of the configuration in force. A run of another configuration (one that started before a
+ * reload) neither takes nor leaves one, so a changed conninfo or password is always connected anew.
+ */
+static struct {
+	const struct pv_config *cfg;
+	struct pv_pg_conn **conns;
+	size_t n;
+} kept;
+
+void
+pv_job_health_configure(const struct pv_config *cfg)
+{
+	for (size_t i = 0; i < kept.n; i++)
+		pv_pg_close(kept.conns[i]);
+	free(kept.conns);
+	kept.cfg = cfg;
+	kept.n = cfg != NULL ? cfg->n_jobs : 0;
+	kept.conns = kept.n > 0 ? pv_calloc(kept.n, sizeof(*kept.conns)) : NULL;
+}
+
+static struct pv_pg_conn **
+kept_slot(const struct pv_job_run *run)
+{
+	size_t i;
+
+	if (!run->job->keep_connection || run->cfg != kept.cfg || kept.n == 0)
+		return NULL;
+	i = (size_t)(run->job - kept.cfg->jobs);
+	return i < kept.n ? &kept.conns[i] : NULL;
+}
 
 /* Runs looked at to carry failing_since over runs that recorded no connectivity (cancelled ones). */
 #define STREAK_LOOKBACK 20
@@ -68,11 +103,20 @@ on_result(const struct pv_pg_health *r, void *arg)
 	enum pv_run_result result;
 
 	run->impl = NULL; /* the op frees itself before calling us */
+	if (r->conn != NULL) {
+		struct pv_pg_conn **slot = kept_slot(run);
+		if (slot != NULL && *slot == NULL)
+			*slot = r->conn;
+		else
+			pv_pg_close(r->conn);
+	}
 	if (run->figures == NULL)
 		run->figures = json_object();
 	fig = run->figures;
 	json_object_set_new(fig, "connected", json_boolean(r->connected));
-	if (r->ok || r->connect_seconds > 0)
+	if (r->reused)
+		json_object_set_new(fig, "reused_connection", json_true());
+	if (!r->reused && (r->ok || r->connect_seconds > 0))
 		json_object_set_new(fig, "connect_seconds", json_real(r->connect_seconds));
 	if (r->connected) {
 		json_object_set_new(fig, "query_seconds", json_real(r->query_seconds));
@@ -115,6 +159,14 @@ start(struct pv_job_run *run)
 	opts.timeout = (double)pv_config_job_timeout(run->job);
 	opts.expected_tables = db->expected_tables;
 	opts.critical_tables = &db->critical_tables;
+	if (run->job->keep_connection) {
+		struct pv_pg_conn **slot = kept_slot(run);
+		opts.keep = true;
+		if (slot != NULL) {
+			opts.conn = *slot;
+			*slot = NULL;
+		}
+	}
 	run->impl = pv_pg_health_start_opts(run->base, run->dns, &opts, on_result, run);
 	return true;
 }

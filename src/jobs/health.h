@@ -6,4 +6,10 @@
 
 extern const struct pv_job_ops pv_job_health_ops;
 
+/*
+ * The configuration in force, at start and after every reload: closes the sessions kept for
+ * keep_connection (the next runs connect anew). NULL at shutdown, before the event base goes.
+ */
+void pv_job_health_configure(const struct pv_config *cfg);
+
 #endif

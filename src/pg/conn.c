@@ -707,6 +707,13 @@ pv_pg_connect_seconds(const struct pv_pg_conn *conn)
 	return conn ? conn->connect_seconds : 0;
 }
 
+bool
+pv_pg_idle(const struct pv_pg_conn *conn)
+{
+	return conn != NULL && conn->state == ST_IDLE && conn->pg != NULL &&
+	       PQstatus(conn->pg) == CONNECTION_OK;
+}
+
 int
 pv_pg_backend_pid(const struct pv_pg_conn *conn)
 {

@@ -10,6 +10,7 @@
 #include "config/config.h"
 #include "pg/pg.h"
 #include "pg/pg_internal.h"
+#include "util/log.h"
 #include "util/mem.h"
 
 #define SQL_PING "SELECT 1"
@@ -44,6 +45,10 @@
 
 struct pv_pg_health_op {
 	struct pv_pg_conn *conn;
+	struct event_base *base;
+	struct evdns_base *dns;
+	const char *conninfo, *password; /* the caller's, for a reconnect after a reused session died */
+	bool keep;
 	struct event *deliver; /* reports a failure found before the loop ran, never synchronously */
 	double started;
 	double timeout;
@@ -77,6 +82,10 @@ finish(struct pv_pg_health_op *op)
 	void *arg = op->arg;
 
 	op->result.missing_critical_tables = NULL; /* ours now: freed after cb */
+	if (op->keep && pv_pg_idle(op->conn)) {
+		result.conn = op->conn; /* the callback's now */
+		op->conn = NULL;
+	}
 	op_free(op);
 	if (!result.ok && result.error_class == NULL)
 		result.error_class = pv_pg_error_class(&result.error, result.connected);
@@ -174,6 +183,8 @@ on_inventory(struct pv_pg_conn *conn, const PGresult *res, const struct pv_error
 	finish(op);
 }
 
+static void on_connect(struct pv_pg_conn *conn, bool ok, const struct pv_error *err, void *arg);
+
 static void
 on_ping(struct pv_pg_conn *conn, const PGresult *res, const struct pv_error *err, void *arg)
 {
@@ -181,6 +192,18 @@ on_ping(struct pv_pg_conn *conn, const PGresult *res, const struct pv_error *err
 	struct pv_error e;
 	double left;
 
+	if (err != NULL && op->result.reused && err->code != PV_ERR_PG_TIMEOUT && remaining(op) > 0) {
+		/* The kept session died while idle (server restart, idle timeout): a new one decides. */
+		pv_log_debug("kept postgres session unusable, connecting anew error=%s",
+		             pv_log_quote(err->msg));
+		pv_pg_close(op->conn);
+		op->result.reused = false;
+		op->conn = pv_pg_connect(op->base, op->dns, op->conninfo, op->password, remaining(op),
+		                         on_connect, op, &e);
+		if (op->conn == NULL)
+			fail(op, &e, NULL);
+		return;
+	}
 	if (err != NULL) {
 		fail(op, err, "SELECT 1");
 		return;
@@ -203,28 +226,55 @@ on_ping(struct pv_pg_conn *conn, const PGresult *res, const struct pv_error *err
 		fail(op, &e, NULL);
 }
 
+/* SELECT 1 on op->conn, a new session or a reused one. */
 static void
-on_connect(struct pv_pg_conn *conn, bool ok, const struct pv_error *err, void *arg)
+ping(struct pv_pg_health_op *op)
 {
-	struct pv_pg_health_op *op = arg;
 	struct pv_error e;
-	double left;
+	double left = remaining(op);
 
-	if (!ok) {
-		fail(op, err, NULL); /* the connect timer's own message already names the deadline */
-		return;
-	}
-	op->result.connect_seconds = pv_pg_connect_seconds(conn);
-	op->result.server_version_num = pv_pg_server_version(conn);
-	left = remaining(op);
+	op->result.server_version_num = pv_pg_server_version(op->conn);
 	if (left <= 0) {
 		pv_error_set(&e, PV_ERR_PG_TIMEOUT, "timeout");
 		fail(op, &e, "SELECT 1");
 		return;
 	}
 	op->query_started = pv_pg_now();
-	if (!pv_pg_query_start(conn, SQL_PING, 0, NULL, left, on_ping, op, &e))
+	if (!pv_pg_query_start(op->conn, SQL_PING, 0, NULL, left, on_ping, op, &e))
 		fail(op, &e, NULL);
+}
+
+static void
+on_connect(struct pv_pg_conn *conn, bool ok, const struct pv_error *err, void *arg)
+{
+	struct pv_pg_health_op *op = arg;
+
+	if (!ok) {
+		fail(op, err, NULL); /* the connect timer's own message already names the deadline */
+		return;
+	}
+	op->result.connect_seconds = pv_pg_connect_seconds(conn);
+	ping(op);
+}
+
+/* Send SELECT 1 on an idle session of an earlier check; false (conn closed) when it cannot take it. */
+static bool
+reuse(struct pv_pg_health_op *op, struct pv_pg_conn *conn)
+{
+	struct pv_error e;
+
+	if (pv_pg_idle(conn)) {
+		op->query_started = pv_pg_now();
+		op->result.server_version_num = pv_pg_server_version(conn);
+		if (pv_pg_query_start(conn, SQL_PING, 0, NULL, op->timeout, on_ping, op, &e)) {
+			op->conn = conn;
+			op->result.reused = true;
+			return true;
+		}
+		pv_log_debug("kept postgres session unusable, connecting anew error=%s", pv_log_quote(e.msg));
+	}
+	pv_pg_close(conn);
+	return false;
 }
 
 /* A text[] literal: every element quoted, so any name is safe as a parameter. */
@@ -299,17 +349,26 @@ pv_pg_health_start_opts(struct event_base *base, struct evdns_base *dns, const s
 
 	op->cb = cb;
 	op->arg = arg;
+	op->base = base;
+	op->dns = dns;
+	op->conninfo = opts->conninfo;
+	op->password = opts->password;
+	op->keep = opts->keep;
 	op->timeout = opts->timeout;
 	op->started = pv_pg_now();
 	op->expected_tables = opts->expected_tables;
 	op->result.tables = -1;
 	op->result.database_size_bytes = -1;
 	pv_error_clear(&op->result.error);
-	if (critical_params(op, opts->critical_tables, &op->result.error))
+	if (!critical_params(op, opts->critical_tables, &op->result.error)) {
+		pv_pg_close(opts->conn);
+		op->result.error_class = "other";
+	} else if (reuse(op, opts->conn)) {
+		return op; /* the answer to SELECT 1 arrives from the loop */
+	} else {
 		op->conn = pv_pg_connect(base, dns, opts->conninfo, opts->password, opts->timeout, on_connect,
 		                         op, &op->result.error);
-	else
-		op->result.error_class = "other";
+	}
 	if (op->conn == NULL) {
 		op->deliver = event_new(base, -1, 0, deliver_cb, op);
 		if (op->deliver == NULL)

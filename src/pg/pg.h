@@ -28,6 +28,7 @@ struct pv_pg_conn *pv_pg_connect(struct event_base *base, struct evdns_base *dns
 void pv_pg_close(struct pv_pg_conn *conn);
 int pv_pg_server_version(const struct pv_pg_conn *conn); /* e.g. 150018 */
 double pv_pg_connect_seconds(const struct pv_pg_conn *conn);
+bool pv_pg_idle(const struct pv_pg_conn *conn); /* connected, no query in flight: can take one */
 
 /* Redact password=... from a conninfo string for logs; caller frees. */
 char *pv_pg_conninfo_redact(const char *conninfo);
@@ -49,6 +50,9 @@ struct pv_pg_health {
 	long long database_size_bytes;          /* pg_database_size(current_database()); -1 unknown */
 	struct json_t *missing_critical_tables; /* array of names as configured; NULL when not checked */
 	const char *error_class;                /* static string when !ok (pv_pg_error_class), else NULL */
+	/* With opts.keep (pv_pg_health_start_opts). */
+	bool reused;             /* ran on opts.conn: no connection was made, connect_seconds is 0 */
+	struct pv_pg_conn *conn; /* the idle session, when still usable: the callback's to keep or close */
 };
 struct pv_pg_health_op;
 typedef void (*pv_pg_health_cb)(const struct pv_pg_health *result, void *arg);
@@ -211,6 +215,14 @@ struct pv_pg_health_opts {
 	double timeout;                        /* the whole probe */
 	int expected_tables;                   /* < 0: not checked */
 	const struct pv_strv *critical_tables; /* may be NULL or empty */
+	/*
+	 * Reuse: conn (adopted, NULL for none) is an idle session of an earlier check with the same
+	 * conninfo; when it turns out to be closed, the probe connects anew within its deadline. With
+	 * keep, the session, if still usable at the end, is handed to cb in result.conn. conninfo and
+	 * password must then live until cb has run.
+	 */
+	struct pv_pg_conn *conn;
+	bool keep;
 };
 struct pv_pg_health_op *pv_pg_health_start_opts(struct event_base *base, struct evdns_base *dns,
                                                 const struct pv_pg_health_opts *opts, pv_pg_health_cb cb,

@@ -132,7 +132,7 @@ class Daemon:
             f.write(text)
         os.replace(self.config + ".tmp", self.config)
 
-    def start(self, wait_ready=True, extra_env=None):
+    def start(self, wait_ready=True, extra_env=None, preexec_fn=None):
         env = dict(os.environ)
         env["NOTIFY_SOCKET"] = self.notify_path
         env["DEMO_PASS"] = PASSWORD
@@ -142,7 +142,7 @@ class Daemon:
         self.read_notes()
         since = len(self.notes)  # a restart must not match the previous start's READY=1
         self.proc = subprocess.Popen([PGVIGILD, "--foreground", "-c", self.config], stdout=self.log,
-                                     stderr=self.log, env=env)
+                                     stderr=self.log, env=env, preexec_fn=preexec_fn)
         if wait_ready:
             self.wait_note("READY=1", 10, since=since)
         return self
@@ -429,6 +429,93 @@ def health_failures_recorded(cluster):
         check(st["wrongpw"]["health"]["result"] == "failed", "status of failing db: %r" % st)
     finally:
         d.stop()
+        d.cleanup()
+
+
+def pgvigil_sessions(cluster):
+    out = psql(cluster, "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgvigil' ORDER BY pid",
+               db="postgres", user="postgres")
+    return [int(x) for x in out.split()]
+
+
+@test
+def health_keep_connection_reuses_and_reconnects(cluster):
+    """keep_connection: one session serves every run; a session the server ended, a reload and an
+    outage each lead to a new connection without a false failure; the session closes at exit."""
+    other = Cluster()
+    d = Daemon()
+    try:
+        extra = """  other:
+    conninfo: "host=127.0.0.1 port=%d dbname=demo user=vigil connect_timeout=2"
+    password: env:DEMO_PASS
+""" % other.port
+        d.write_config(base_config(d, cluster, "  hk: { type: health, database: other, every: 1s, timeout: 5s, "
+                                               "keep_connection: true }\n", extra_db=extra))
+        d.start()
+
+        def oks(after=0):
+            return [r for r in d.runs("hk") if r["id"] > after and r["result"] == "ok"]
+        wait_for(lambda: len(oks()) >= 3, 15, "three health runs")
+        runs = oks()
+        check("connect_seconds" in figures(runs[0]) and "reused_connection" not in figures(runs[0]),
+              "the first run must connect: %r" % runs[0])
+        for r in runs[1:3]:
+            f = figures(r)
+            check(f.get("reused_connection") is True and "connect_seconds" not in f, "not reused: %r" % r)
+        pids = pgvigil_sessions(other)
+        check(len(pids) == 1, "one kept session expected, found %r" % pids)
+        last = runs[-1]["id"]
+        wait_for(lambda: len(oks(last)) >= 2, 10, "two more runs")
+        check(pgvigil_sessions(other) == pids, "the session changed between runs")
+        check(" kept " in d.ctl("status", check_rc=0).stdout, "status does not say the session is kept")
+
+        # The server ends the session while it is idle: the next run connects anew and passes.
+        last = d.runs("hk")[-1]["id"]
+        psql(other, "SELECT pg_terminate_backend(%d)" % pids[0], db="postgres", user="postgres")
+        wait_for(lambda: any("connect_seconds" in figures(r) for r in oks(last)), 10, "a reconnecting run")
+        check(all(r["result"] == "ok" for r in d.runs("hk") if r["id"] > last and r["result"]),
+              "a run failed after the session was ended: %r" % d.runs("hk")[-3:])
+        check("kept postgres session unusable, connecting anew" in d.logtext(), "the reconnect is not logged")
+        pids2 = pgvigil_sessions(other)
+        check(len(pids2) == 1 and pids2 != pids, "sessions after the reconnect: %r" % pids2)
+
+        # A reload closes kept sessions: the next run connects with the configuration now in force.
+        last = d.runs("hk")[-1]["id"]
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: any("connect_seconds" in figures(r) for r in oks(last)), 10, "a run after the reload")
+        wait_for(lambda: len(pgvigil_sessions(other)) == 1 and pgvigil_sessions(other) != pids2, 10,
+                 "the old session to go after the reload")
+
+        # An outage fails runs as connection failures; after it the runs connect again.
+        _pg_ctl(other, "-m", "immediate", "-w", "stop")
+        last = d.runs("hk")[-1]["id"]
+        wait_for(lambda: any(r["result"] == "failed" for r in d.runs("hk") if r["id"] > last), 10, "a failed run")
+        failed = [r for r in d.runs("hk") if r["id"] > last and r["result"] == "failed"][0]
+        check(figures(failed).get("connected") is False, "the outage is not a connection failure: %r" % failed)
+        _pg_ctl(other, "-w", "start")
+        last = d.runs("hk")[-1]["id"]
+        wait_for(lambda: len(oks(last)) >= 2, 15, "runs after the outage")
+        check(d.stop() == 0, "exit status")
+        wait_for(lambda: pgvigil_sessions(other) == [], 5, "the kept session to close at exit")
+    finally:
+        d.cleanup()
+        other.stop()
+
+
+@test
+def health_keep_connection_warns_on_low_file_limit(cluster):
+    """With more kept sessions than the open file limit allows for, the daemon says so at start."""
+    import resource
+    d = Daemon()
+    try:
+        jobs = "".join("  hk%d: { type: health, database: demo, every: 1h, keep_connection: true }\n" % i
+                       for i in range(3))
+        d.write_config(base_config(d, cluster, jobs))
+        d.start(preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (258, 258)))
+        check("open file limit too low for the kept health sessions limit=258 keep_connection_jobs=3 needed=259"
+              in d.logtext(), "no warning:\n" + d.logtext()[-2000:])
+        check(d.stop() == 0, "exit status")
+    finally:
         d.cleanup()
 
 
