@@ -1638,6 +1638,7 @@ pv_daemon_new(const struct pv_daemon_opts *opts, struct pv_error *err)
 	d->metrics = pv_metrics_new(d->base, d->cfg->daemon.metrics_listen, metrics_view, d, err);
 	if (d->metrics == NULL)
 		goto fail;
+	pv_metrics_set_dns(d->metrics, d->dns); /* a reload never waits for a resolver on the loop */
 
 	d->ev_hup = evsignal_new(d->base, SIGHUP, hup_cb, d);
 	d->ev_term = evsignal_new(d->base, SIGTERM, term_cb, d);

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <jansson.h>
@@ -765,6 +766,12 @@ pv_metrics_render(const struct pv_metrics_view *v, struct pv_metrics_runs *runs,
 
 /* ---- the HTTP endpoint ---- */
 
+/* Addresses of one metrics_listen bound at most. */
+#define LISTEN_ADDRS_MAX 16
+
+struct listen_addr;
+struct lookup;
+
 struct pv_metrics {
 	struct event_base *base;
 	struct evhttp *http; /* NULL while nothing is bound */
@@ -774,6 +781,10 @@ struct pv_metrics {
 	struct pv_metrics_runs *runs;
 	struct event *prime_ev; /* counts the run history in steps before the first scrape needs it */
 	bool primed;
+	struct evdns_base *dns;    /* set: a name in a new address is looked up without blocking */
+	struct lookup *lookup;     /* such a lookup under way */
+	struct listen_addr *addrs; /* what `address` resolved to when it was bound */
+	size_t naddrs;
 };
 
 /* One step of counting the settled run history; true while there is more. */
@@ -901,34 +912,60 @@ split_address(const char *address, char **host, char **port, struct pv_error *er
 	return true;
 }
 
+/* One resolved address to listen on, copied out of whichever resolver's list it came from. */
+struct listen_addr {
+	int family, socktype, protocol;
+	socklen_t len;
+	struct sockaddr_storage sa;
+};
+
+/* The addresses of an addrinfo list (glibc's or evdns'), at most LISTEN_ADDRS_MAX. */
+static size_t
+addrs_from(const struct addrinfo *res, struct listen_addr *out)
+{
+	size_t n = 0;
+
+	for (const struct addrinfo *ai = res; ai != NULL && n < LISTEN_ADDRS_MAX; ai = ai->ai_next) {
+		if (ai->ai_addrlen > sizeof(out[n].sa))
+			continue;
+		out[n].family = ai->ai_family;
+		out[n].socktype = ai->ai_socktype;
+		out[n].protocol = ai->ai_protocol;
+		out[n].len = (socklen_t)ai->ai_addrlen;
+		memcpy(&out[n].sa, ai->ai_addr, ai->ai_addrlen);
+		n++;
+	}
+	return n;
+}
+
 static const char *
-ai_text(const struct addrinfo *ai, char *buf, size_t size)
+addr_text(const struct listen_addr *a, char *buf, size_t size)
 {
 	char h[NI_MAXHOST], p[NI_MAXSERV];
 
-	if (getnameinfo(ai->ai_addr, ai->ai_addrlen, h, sizeof(h), p, sizeof(p),
+	if (getnameinfo((const struct sockaddr *)&a->sa, a->len, h, sizeof(h), p, sizeof(p),
 	                NI_NUMERICHOST | NI_NUMERICSERV) != 0)
 		return "?";
-	snprintf(buf, size, ai->ai_family == AF_INET6 ? "[%s]:%s" : "%s:%s", h, p);
+	snprintf(buf, size, a->family == AF_INET6 ? "[%s]:%s" : "%s:%s", h, p);
 	return buf;
 }
 
 /* A listening socket for one address; -1 with errno and *what ("socket", "bind", "listen") on failure. */
 static int
-listen_one(const struct addrinfo *ai, const char **what)
+listen_one(const struct listen_addr *a, const char **what)
 {
 	int fd, one = 1, e;
 
 	*what = "socket";
-	fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+	fd = socket(a->family, a->socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->protocol);
 	if (fd < 0)
 		return -1;
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 	/* "*" binds IPv4 and IPv6 separately: a dual-stack IPv6 socket would take the IPv4 port too. */
-	if (ai->ai_family == AF_INET6)
+	if (a->family == AF_INET6)
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
 	*what = "bind";
-	if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0)
+	if (bind(fd, (const struct sockaddr *)&a->sa, a->len) != 0)
 		goto fail;
 	*what = "listen";
 	if (listen(fd, 64) != 0)
@@ -941,34 +978,22 @@ fail:
 	return -1;
 }
 
-/* A new evhttp listening on every address of `address`, or NULL with err (errno kept for the caller). */
+/* A new evhttp listening on every one of addrs (what `address` resolved to), or NULL with err (errno
+ * kept for the caller). */
 static struct evhttp *
-http_bind(struct event_base *base, const char *address, void *arg, int *errno_out, struct pv_error *err)
+http_bind(struct event_base *base, const char *address, const struct listen_addr *addrs, size_t naddrs,
+          void *arg, int *errno_out, struct pv_error *err)
 {
-	struct addrinfo hints = {0}, *res = NULL;
-	char *host = NULL, *port = NULL, where[NI_MAXHOST + NI_MAXSERV + 8];
-	struct evhttp *http = NULL;
-	int rc, bound = 0, skipped_errno = 0;
-	bool failed = false;
+	char where[NI_MAXHOST + NI_MAXSERV + 8];
+	struct evhttp *http;
+	int bound = 0, skipped_errno = 0;
 
 	*errno_out = 0;
-	if (!split_address(address, &host, &port, err))
-		return NULL;
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-	rc = getaddrinfo(host, port, &hints, &res);
-	if (rc != 0) {
-		pv_error_set(err, PV_ERR_CONFIG_VALUE,
-		             "cannot serve metrics on %s (daemon.metrics_listen): cannot resolve \"%s\": %s",
-		             address, host != NULL ? host : "*", gai_strerror(rc));
-		goto out;
-	}
 	http = evhttp_new(base);
 	if (http == NULL) {
 		pv_error_set(err, PV_ERR_INTERNAL,
 		             "cannot serve metrics on %s: cannot create the HTTP server", address);
-		goto out;
+		return NULL;
 	}
 	evhttp_set_timeout(http, HTTP_TIMEOUT_SEC);
 	evhttp_set_max_headers_size(http, HTTP_MAX_HEADERS);
@@ -979,52 +1004,181 @@ http_bind(struct event_base *base, const char *address, void *arg, int *errno_ou
 	                                         EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
 	                                         EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
 	evhttp_set_gencb(http, handle_request, arg);
-	for (struct addrinfo *ai = res; ai != NULL && !failed; ai = ai->ai_next) {
+	for (size_t i = 0; i < naddrs; i++) {
 		const char *what;
-		int fd = listen_one(ai, &what);
+		int fd = listen_one(&addrs[i], &what);
 
 		if (fd < 0) {
 			int e = errno;
 			/* A name may resolve to an address family this host lacks: skip it if another binds.
 			 */
-			if ((e == EADDRNOTAVAIL || e == EAFNOSUPPORT) && res->ai_next != NULL) {
+			if ((e == EADDRNOTAVAIL || e == EAFNOSUPPORT) && naddrs > 1) {
 				pv_log_warn("metrics: skipping address=%s error=%s",
-				            ai_text(ai, where, sizeof(where)), pv_log_quote(strerror(e)));
+				            addr_text(&addrs[i], where, sizeof(where)),
+				            pv_log_quote(strerror(e)));
 				skipped_errno = e;
 				continue;
 			}
 			*errno_out = e;
 			pv_error_set(err, PV_ERR_IO,
 			             "cannot serve metrics on %s (daemon.metrics_listen): %s %s: %s", address,
-			             what, ai_text(ai, where, sizeof(where)), strerror(e));
-			failed = true;
-			break;
+			             what, addr_text(&addrs[i], where, sizeof(where)), strerror(e));
+			goto fail;
 		}
 		if (evhttp_accept_socket_with_handle(http, fd) == NULL) {
 			close(fd);
 			pv_error_set(err, PV_ERR_INTERNAL,
 			             "cannot serve metrics on %s: libevent refused the socket", address);
-			failed = true;
-			break;
+			goto fail;
 		}
 		bound++;
 	}
-	if (!failed && bound == 0) {
-		*errno_out = skipped_errno;
-		pv_error_set(err, PV_ERR_IO, "cannot serve metrics on %s (daemon.metrics_listen): %s",
-		             address, skipped_errno ? strerror(skipped_errno) : "no address to listen on");
-		failed = true;
-	}
-	if (failed) {
-		evhttp_free(http);
-		http = NULL;
-	}
-out:
+	if (bound > 0)
+		return http;
+	*errno_out = skipped_errno;
+	pv_error_set(err, PV_ERR_IO, "cannot serve metrics on %s (daemon.metrics_listen): %s", address,
+	             skipped_errno ? strerror(skipped_errno) : "no address to listen on");
+fail:
+	evhttp_free(http);
+	return NULL;
+}
+
+static void
+resolve_error(const char *address, const char *host, const char *why, struct pv_error *err)
+{
+	pv_error_set(err, PV_ERR_CONFIG_VALUE,
+	             "cannot serve metrics on %s (daemon.metrics_listen): cannot resolve \"%s\": %s", address,
+	             host != NULL ? host : "*", why);
+}
+
+/*
+ * Resolve `address` with getaddrinfo. With numeric_only, a host that is a name is left alone: false
+ * with *is_name set and err untouched. Otherwise false with err.
+ */
+static bool
+resolve_now(const char *address, bool numeric_only, struct listen_addr *out, size_t *n, bool *is_name,
+            struct pv_error *err)
+{
+	struct addrinfo hints = {0}, *res = NULL;
+	char *host = NULL, *port = NULL;
+	int rc;
+
+	*is_name = false;
+	if (!split_address(address, &host, &port, err))
+		return false;
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV | (numeric_only ? AI_NUMERICHOST : 0);
+	rc = getaddrinfo(host, port, &hints, &res);
+	if (rc == EAI_NONAME && numeric_only)
+		*is_name = true;
+	else if (rc != 0)
+		resolve_error(address, host, gai_strerror(rc), err);
+	else
+		*n = addrs_from(res, out);
 	if (res != NULL)
 		freeaddrinfo(res);
 	free(host);
 	free(port);
-	return http;
+	return rc == 0;
+}
+
+/* Serve on addrs, the resolution of `listen` (see pv_metrics_listen for the order of things). */
+static bool
+move_to(struct pv_metrics *m, const char *listen, const struct listen_addr *addrs, size_t naddrs,
+        struct pv_error *err)
+{
+	struct evhttp *http;
+	int e;
+
+	http = http_bind(m->base, listen, addrs, naddrs, m, &e, err);
+	if (http == NULL && e == EADDRINUSE && m->http != NULL) {
+		/* Probably ourselves (same port, another host part): let go of the old address and try again.
+		 */
+		struct pv_error again;
+		evhttp_free(m->http);
+		m->http = NULL;
+		http = http_bind(m->base, listen, addrs, naddrs, m, &e, &again);
+		if (http == NULL) {
+			struct pv_error back;
+			if (err != NULL)
+				*err = again;
+			/* The old addresses as resolved then: reopening them needs no lookup. */
+			m->http = http_bind(m->base, m->address, m->addrs, m->naddrs, m, &e, &back);
+			if (m->http == NULL) {
+				pv_log_error("metrics endpoint lost: cannot reopen the old address error=%s",
+				             pv_log_quote(back.msg));
+				free(m->address);
+				m->address = NULL;
+				m->naddrs = 0;
+			}
+		}
+	}
+	if (http == NULL)
+		return false;
+	if (m->http != NULL)
+		evhttp_free(m->http);
+	m->http = http;
+	free(m->address);
+	m->address = pv_strdup(listen);
+	memcpy(m->addrs, addrs, naddrs * sizeof(*addrs));
+	m->naddrs = naddrs;
+	pv_log_notice("metrics endpoint listening address=%s path=/metrics", listen);
+	if (!m->primed && !event_pending(m->prime_ev, EV_TIMEOUT, NULL)) {
+		struct timeval now = {0, 0};
+		event_add(m->prime_ev, &now);
+	}
+	return true;
+}
+
+/*
+ * A name looked up by evdns for a move at reload. The callback may run after pv_metrics_free or a
+ * newer move (cancellation is reported through it), so it gets this ticket, which they detach.
+ */
+struct lookup {
+	struct pv_metrics *m; /* NULL once detached */
+	char *address;
+	struct evdns_getaddrinfo_request *req; /* NULL while evdns_getaddrinfo has not returned */
+};
+
+static void
+lookup_detach(struct pv_metrics *m)
+{
+	struct lookup *lk = m->lookup;
+
+	if (lk == NULL)
+		return;
+	m->lookup = NULL;
+	lk->m = NULL;
+	if (lk->req != NULL)
+		evdns_getaddrinfo_cancel(lk->req); /* its callback frees lk */
+}
+
+static void
+lookup_cb(int result, struct evutil_addrinfo *res, void *arg)
+{
+	struct lookup *lk = arg;
+	struct pv_metrics *m = lk->m;
+	struct listen_addr addrs[LISTEN_ADDRS_MAX];
+	struct pv_error err;
+
+	if (m != NULL) {
+		m->lookup = NULL;
+		if (result != 0) {
+			char *host = NULL, *port = NULL;
+			if (split_address(lk->address, &host, &port, &err))
+				resolve_error(lk->address, host, evutil_gai_strerror(result), &err);
+			free(host);
+			free(port);
+		}
+		if (result != 0 || !move_to(m, lk->address, addrs, addrs_from(res, addrs), &err))
+			pv_log_error("metrics endpoint not moved, still serving address=%s error=%s",
+			             m->address ? m->address : "-", pv_log_quote(err.msg));
+	}
+	if (res != NULL)
+		evutil_freeaddrinfo(res);
+	free(lk->address);
+	free(lk);
 }
 
 struct pv_metrics *
@@ -1038,6 +1192,7 @@ pv_metrics_new(struct event_base *base, const char *listen, pv_metrics_view_fn v
 	m->arg = arg;
 	m->runs = pv_metrics_runs_new();
 	m->prime_ev = evtimer_new(base, prime_cb, m);
+	m->addrs = pv_calloc(LISTEN_ADDRS_MAX, sizeof(*m->addrs));
 	if (listen != NULL && !pv_metrics_listen(m, listen, err)) {
 		pv_metrics_free(m);
 		return NULL;
@@ -1045,12 +1200,24 @@ pv_metrics_new(struct event_base *base, const char *listen, pv_metrics_view_fn v
 	return m;
 }
 
+void
+pv_metrics_set_dns(struct pv_metrics *m, struct evdns_base *dns)
+{
+	m->dns = dns;
+}
+
 bool
 pv_metrics_listen(struct pv_metrics *m, const char *listen, struct pv_error *err)
 {
-	struct evhttp *http;
-	int e;
+	struct listen_addr addrs[LISTEN_ADDRS_MAX];
+	struct evutil_addrinfo hints = {0};
+	struct evdns_getaddrinfo_request *req;
+	struct lookup *lk;
+	char *host = NULL, *port = NULL;
+	size_t n = 0;
+	bool is_name;
 
+	lookup_detach(m); /* the configuration in force now decides */
 	if (eq_null(listen, m->address))
 		return true;
 	if (listen == NULL) {
@@ -1060,41 +1227,30 @@ pv_metrics_listen(struct pv_metrics *m, const char *listen, struct pv_error *err
 		m->http = NULL;
 		free(m->address);
 		m->address = NULL;
+		m->naddrs = 0;
 		return true;
 	}
-	http = http_bind(m->base, listen, m, &e, err);
-	if (http == NULL && e == EADDRINUSE && m->http != NULL) {
-		/* Probably ourselves (same port, another host part): let go of the old address and try again.
-		 */
-		struct pv_error again;
-		evhttp_free(m->http);
-		m->http = NULL;
-		http = http_bind(m->base, listen, m, &e, &again);
-		if (http == NULL) {
-			struct pv_error back;
-			if (err != NULL)
-				*err = again;
-			m->http = http_bind(m->base, m->address, m, &e, &back);
-			if (m->http == NULL) {
-				pv_log_error("metrics endpoint lost: cannot reopen the old address error=%s",
-				             pv_log_quote(back.msg));
-				free(m->address);
-				m->address = NULL;
-			}
-		}
-	}
-	if (http == NULL)
+	/* Numbers and "*" never wait for a resolver; a name does, so with evdns it is looked up async. */
+	if (resolve_now(listen, m->dns != NULL, addrs, &n, &is_name, err))
+		return move_to(m, listen, addrs, n, err);
+	if (!is_name)
 		return false;
-	if (m->http != NULL)
-		evhttp_free(m->http);
-	m->http = http;
-	free(m->address);
-	m->address = pv_strdup(listen);
-	pv_log_notice("metrics endpoint listening address=%s path=/metrics", listen);
-	if (!m->primed && !event_pending(m->prime_ev, EV_TIMEOUT, NULL)) {
-		struct timeval now = {0, 0};
-		event_add(m->prime_ev, &now);
-	}
+	if (!split_address(listen, &host, &port, err))
+		return false;
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = EVUTIL_AI_PASSIVE | EVUTIL_AI_NUMERICSERV;
+	lk = pv_calloc(1, sizeof(*lk));
+	lk->m = m;
+	lk->address = pv_strdup(listen);
+	m->lookup = lk;
+	pv_log_info("metrics endpoint moving, resolving address=%s", listen);
+	/* The callback may run before this returns (an answer from the hosts file, a failure). */
+	req = evdns_getaddrinfo(m->dns, host, port, &hints, lookup_cb, lk);
+	if (m->lookup == lk)
+		lk->req = req; /* still under way */
+	free(host);
+	free(port);
 	return true;
 }
 
@@ -1109,10 +1265,12 @@ pv_metrics_free(struct pv_metrics *m)
 {
 	if (m == NULL)
 		return;
+	lookup_detach(m);
 	if (m->http != NULL)
 		evhttp_free(m->http);
 	if (m->prime_ev != NULL)
 		event_free(m->prime_ev);
+	free(m->addrs);
 	pv_metrics_runs_free(m->runs);
 	free(m->address);
 	free(m);

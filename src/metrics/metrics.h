@@ -65,6 +65,14 @@ struct pv_metrics *pv_metrics_new(struct event_base *base, const char *listen, p
  * address and err says why.
  */
 bool pv_metrics_listen(struct pv_metrics *m, const char *listen, struct pv_error *err);
+/*
+ * From now on, a move to an address whose host is a name looks the name up with evdns on the loop
+ * instead of getaddrinfo: pv_metrics_listen then returns true at once, and the move, or the error that
+ * prevents it ("metrics endpoint not moved"), is logged when the answer comes. Numeric hosts and "*" are
+ * never looked up. pv_metrics_new, before the loop runs, resolves names with getaddrinfo.
+ */
+struct evdns_base;
+void pv_metrics_set_dns(struct pv_metrics *m, struct evdns_base *dns);
 /* The address served, or NULL. */
 const char *pv_metrics_address(const struct pv_metrics *m);
 void pv_metrics_free(struct pv_metrics *m); /* NULL is a no-op */

@@ -3529,6 +3529,42 @@ def metrics_bind_conflict_refuses_start(cluster):
 
 
 @test
+def metrics_reload_resolves_names_off_the_loop(cluster):
+    """A reload that moves the endpoint to a name looks it up without blocking the loop: localhost
+    moves it, a name that does not resolve leaves the old address serving and says why."""
+    d = Daemon()
+    try:
+        p1, p2 = free_port(), free_port()
+        d.write_config(base_config(d, cluster, HEALTH_FAST, daemon_extra="  metrics_listen: 127.0.0.1:%d\n" % p1))
+        d.start()
+        check(http_get(p1)[0] == 200, "first address")
+        d.write_config(base_config(d, cluster, HEALTH_FAST, daemon_extra="  metrics_listen: localhost:%d\n" % p2))
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "metrics endpoint listening address=localhost:%d" % p2 in d.logtext(), 10, "the move")
+        check(http_get(p2)[0] == 200, "moved to localhost")
+        try:
+            socket.create_connection(("127.0.0.1", p1), 1).close()
+            check(False, "the old address still accepts connections")
+        except ConnectionRefusedError:
+            pass
+        t0 = time.monotonic()
+        d.write_config(base_config(d, cluster, HEALTH_FAST,
+                                   daemon_extra="  metrics_listen: no-such-host.invalid:%d\n" % p1))
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: d.logtext().count("configuration reloaded") == 2, 10, "the second reload")
+        check(http_get(p2)[0] == 200, "the old address must serve while the name is looked up")
+        wait_for(lambda: "metrics endpoint not moved, still serving address=localhost:%d" % p2 in d.logtext(), 60,
+                 "the failed lookup")
+        print("     unresolvable name reported after %.1fs" % (time.monotonic() - t0), flush=True)
+        check("no-such-host.invalid" in d.logtext(), "the error does not name the host")
+        check(http_get(p2)[0] == 200, "the old address after the failed move")
+        check(d.ctl_json("status") is not None, "control socket")
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+
+
+@test
 def contrib_dashboard_and_rules_match_exported_metrics(cluster):
     """contrib/grafana/pgvigil.json and contrib/prometheus/pgvigil-rules.yml parse, and every
     expression in them names only families a real scrape has (tests/contrib_check.py; with promtool
