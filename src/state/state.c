@@ -204,6 +204,12 @@ enum stmt_id {
 	STMT_OUTBOX_DROPPED,
 	STMT_OUTBOX_STATUS,
 	STMT_OUTBOX_COUNTS,
+	STMT_SILENCE_ADD,
+	STMT_SILENCES_LIST,
+	STMT_SILENCE_REMOVE,
+	STMT_ALERT_LOG_ADD,
+	STMT_ALERT_LOG_PRUNE,
+	STMT_ALERT_LOG_LIST,
 	STMT_COUNT
 };
 
@@ -305,6 +311,19 @@ static const char *const stmt_sql[STMT_COUNT] = {
         [STMT_OUTBOX_STATUS] = "SELECT status FROM outbox WHERE id = ?1",
         [STMT_OUTBOX_COUNTS] = "SELECT status, count(*) FROM outbox WHERE ?1 IS NULL OR notifier = ?1 "
                                "GROUP BY status",
+        [STMT_SILENCE_ADD] = "INSERT INTO silences (rule, \"database\", created, until, comment, author) "
+                             "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        [STMT_SILENCES_LIST] = "SELECT id, rule, \"database\", created, until, comment, author, removed, "
+                               "removed_by FROM silences WHERE ?1 = 0 OR (removed IS NULL AND until > ?1) "
+                               "ORDER BY id",
+        [STMT_SILENCE_REMOVE] = "UPDATE silences SET removed = ?2, removed_by = ?3 "
+                                "WHERE id = ?1 AND removed IS NULL AND until > ?2",
+        [STMT_ALERT_LOG_ADD] = "INSERT INTO alert_log (at, kind, rule, severity, fingerprint, \"database\", "
+                               "job, value, threshold, suppressed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
+                               "?9, ?10)",
+        [STMT_ALERT_LOG_PRUNE] = "DELETE FROM alert_log WHERE at < ?1",
+        [STMT_ALERT_LOG_LIST] = "SELECT id, at, kind, rule, severity, fingerprint, \"database\", job, value, "
+                                "threshold, suppressed FROM alert_log ORDER BY id DESC LIMIT ?1",
 };
 
 /* A release of a backup (negative use delta) the database refused (disk full, I/O error): applied
@@ -2030,42 +2049,14 @@ pv_state_outbox_msgs_free(struct pv_state_outbox_msg *v, size_t n)
 	free(v);
 }
 
-/* Silences and the alert log (schema version 4): rare writes, prepared per call. */
-
-static sqlite3_stmt *
-prepare(struct pv_state *st, const char *sql, const char *doing, struct pv_error *err)
-{
-	sqlite3_stmt *s = NULL;
-
-	if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK) {
-		db_fail(st->db, err, "%s", doing);
-		sqlite3_finalize(s);
-		return NULL;
-	}
-	return s;
-}
-
-static bool
-finish_write(struct pv_state *st, sqlite3_stmt *s, int rc, const char *doing, struct pv_error *err)
-{
-	if (rc == SQLITE_OK)
-		rc = sqlite3_step(s);
-	if (rc != SQLITE_DONE)
-		db_fail(st->db, err, "%s", doing);
-	sqlite3_finalize(s);
-	return rc == SQLITE_DONE;
-}
+/* Silences and the alert log (schema version 4). */
 
 bool
 pv_state_silence_add(struct pv_state *st, const struct pv_state_silence *sil, int64_t *id,
                      struct pv_error *err)
 {
 	const char *doing = "recording a silence";
-	sqlite3_stmt *s =
-	        prepare(st,
-	                "INSERT INTO silences (rule, \"database\", created, until, comment, author) "
-	                "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-	                doing, err);
+	sqlite3_stmt *s = stmt_get(st, STMT_SILENCE_ADD, doing, err);
 	int rc = SQLITE_OK;
 
 	if (s == NULL)
@@ -2076,7 +2067,9 @@ pv_state_silence_add(struct pv_state *st, const struct pv_state_silence *sil, in
 	bind_int64(s, 4, (int64_t)sil->until, &rc);
 	bind_text(s, 5, sil->comment != NULL ? sil->comment : "", &rc);
 	bind_text(s, 6, sil->author != NULL ? sil->author : "", &rc);
-	if (!finish_write(st, s, rc, doing, err))
+	if (rc != SQLITE_OK)
+		return stmt_fail(st, s, doing, err);
+	if (!step_write(st, s, doing, err))
 		return false;
 	*id = sqlite3_last_insert_rowid(st->db);
 	return true;
@@ -2087,11 +2080,7 @@ pv_state_silences_list(struct pv_state *st, time_t active_at, struct pv_state_si
                        struct pv_error *err)
 {
 	const char *doing = "listing silences";
-	sqlite3_stmt *s = prepare(st,
-	                          "SELECT id, rule, \"database\", created, until, comment, author, removed, "
-	                          "removed_by FROM silences WHERE ?1 = 0 OR (removed IS NULL AND until > ?1) "
-	                          "ORDER BY id",
-	                          doing, err);
+	sqlite3_stmt *s = stmt_get(st, STMT_SILENCES_LIST, doing, err);
 	struct pv_state_silence *v = NULL;
 	size_t count = 0;
 	int rc = SQLITE_OK;
@@ -2118,12 +2107,10 @@ pv_state_silences_list(struct pv_state *st, time_t active_at, struct pv_state_si
 		rc = SQLITE_OK;
 	}
 	if (rc != SQLITE_DONE) {
-		db_fail(st->db, err, "%s", doing);
-		sqlite3_finalize(s);
 		pv_state_silences_free(v, count);
-		return false;
+		return stmt_fail(st, s, doing, err);
 	}
-	sqlite3_finalize(s);
+	stmt_done(s);
 	*out = v;
 	*n = count;
 	return true;
@@ -2133,10 +2120,7 @@ bool
 pv_state_silence_remove(struct pv_state *st, int64_t id, time_t at, const char *by, struct pv_error *err)
 {
 	const char *doing = "removing a silence";
-	sqlite3_stmt *s = prepare(st,
-	                          "UPDATE silences SET removed = ?2, removed_by = ?3 "
-	                          "WHERE id = ?1 AND removed IS NULL AND until > ?2",
-	                          doing, err);
+	sqlite3_stmt *s = stmt_get(st, STMT_SILENCE_REMOVE, doing, err);
 	int rc = SQLITE_OK;
 
 	if (s == NULL)
@@ -2144,7 +2128,9 @@ pv_state_silence_remove(struct pv_state *st, int64_t id, time_t at, const char *
 	bind_int64(s, 1, id, &rc);
 	bind_int64(s, 2, (int64_t)at, &rc);
 	bind_text(s, 3, by != NULL ? by : "", &rc);
-	if (!finish_write(st, s, rc, doing, err))
+	if (rc != SQLITE_OK)
+		return stmt_fail(st, s, doing, err);
+	if (!step_write(st, s, doing, err))
 		return false;
 	if (sqlite3_changes(st->db) == 0)
 		return pv_error_set(err, PV_ERR_NOT_FOUND, "no active silence %lld", (long long)id);
@@ -2169,12 +2155,7 @@ pv_state_alert_log_add(struct pv_state *st, const struct pv_state_alert_event *e
                        struct pv_error *err)
 {
 	const char *doing = "recording an alert notification";
-	sqlite3_stmt *s =
-	        prepare(st,
-	                "INSERT INTO alert_log (at, kind, rule, severity, fingerprint, \"database\", "
-	                "job, value, threshold, suppressed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
-	                "?9, ?10)",
-	                doing, err);
+	sqlite3_stmt *s = stmt_get(st, STMT_ALERT_LOG_ADD, doing, err);
 	int rc = SQLITE_OK;
 
 	if (s == NULL)
@@ -2189,16 +2170,20 @@ pv_state_alert_log_add(struct pv_state *st, const struct pv_state_alert_event *e
 	bind_text(s, 8, e->value, &rc);
 	bind_text(s, 9, e->threshold, &rc);
 	bind_text(s, 10, e->suppressed, &rc);
-	if (!finish_write(st, s, rc, doing, err))
+	if (rc != SQLITE_OK)
+		return stmt_fail(st, s, doing, err);
+	if (!step_write(st, s, doing, err))
 		return false;
 	if (keep_after <= 0)
 		return true;
-	s = prepare(st, "DELETE FROM alert_log WHERE at < ?1", "pruning the alert log", err);
-	rc = SQLITE_OK;
+	doing = "pruning the alert log";
+	s = stmt_get(st, STMT_ALERT_LOG_PRUNE, doing, err);
 	if (s == NULL)
 		return false;
 	bind_int64(s, 1, (int64_t)keep_after, &rc);
-	return finish_write(st, s, rc, "pruning the alert log", err);
+	if (rc != SQLITE_OK)
+		return stmt_fail(st, s, doing, err);
+	return step_write(st, s, doing, err);
 }
 
 bool
@@ -2206,11 +2191,7 @@ pv_state_alert_log_list(struct pv_state *st, int limit, struct pv_state_alert_ev
                         struct pv_error *err)
 {
 	const char *doing = "listing the alert log";
-	sqlite3_stmt *s =
-	        prepare(st,
-	                "SELECT id, at, kind, rule, severity, fingerprint, \"database\", job, value, "
-	                "threshold, suppressed FROM alert_log ORDER BY id DESC LIMIT ?1",
-	                doing, err);
+	sqlite3_stmt *s = stmt_get(st, STMT_ALERT_LOG_LIST, doing, err);
 	struct pv_state_alert_event *v = NULL;
 	size_t count = 0;
 	int rc = SQLITE_OK;
@@ -2239,12 +2220,10 @@ pv_state_alert_log_list(struct pv_state *st, int limit, struct pv_state_alert_ev
 		rc = SQLITE_OK;
 	}
 	if (rc != SQLITE_DONE) {
-		db_fail(st->db, err, "%s", doing);
-		sqlite3_finalize(s);
 		pv_state_alert_events_free(v, count);
-		return false;
+		return stmt_fail(st, s, doing, err);
 	}
-	sqlite3_finalize(s);
+	stmt_done(s);
 	*out = v;
 	*n = count;
 	return true;
