@@ -60,8 +60,10 @@
 #define ALERT_KV_KEY "alerts"
 /* Maintenance mode: {"since", "until", "author", "comment"} in the key/value store; "null" when off. */
 #define MAINTENANCE_KV_KEY "maintenance"
-/* The alert log keeps this much history. */
-#define ALERT_LOG_KEEP (90 * 86400)
+/* daemon.keep_history: the first pass soon after start, then hourly, in batches between other events. */
+#define HISTORY_FIRST_DELAY 5.0
+#define HISTORY_EVERY       3600.0
+#define HISTORY_BATCH       5000
 /* Longest silence or maintenance window: an expiry is required, and a forgotten one must end. */
 #define SUPPRESS_MAX (30 * 86400)
 
@@ -87,6 +89,8 @@ struct pv_daemon {
 	struct pv_ctl_server *ctl;
 	struct pv_metrics *metrics; /* the /metrics endpoint, idle without daemon.metrics_listen */
 	struct event *ev_hup, *ev_term, *ev_int, *ev_tick, *ev_stop;
+	struct event *ev_history;            /* forgets what daemon.keep_history no longer keeps */
+	struct pv_state_pruned history_pass; /* deleted so far in the pass under way */
 	time_t started;
 	double started_mono;
 	struct {
@@ -124,6 +128,7 @@ static void alert_evaluate(struct pv_daemon *d);
 static void alert_after_run(struct pv_daemon *d);
 static void alert_note_run(struct pv_daemon *d, const struct pv_job_run *run);
 static void fd_limit_check(const struct pv_config *cfg);
+static void history_cb(evutil_socket_t fd, short what, void *arg);
 static void alert_note_missed(struct pv_daemon *d, const struct pv_sched_miss *m);
 static json_t *time_json(time_t t);
 
@@ -633,6 +638,57 @@ metrics_reload(struct pv_daemon *d)
 		             pv_log_quote(err.msg));
 }
 
+/* ---- history ---- */
+
+static void
+history_schedule(struct pv_daemon *d, double delay)
+{
+	struct timeval tv;
+
+	if (d->ev_history == NULL)
+		d->ev_history = evtimer_new(d->base, history_cb, d);
+	if (d->ev_history == NULL || d->stopping)
+		return;
+	tv.tv_sec = (time_t)delay;
+	tv.tv_usec = (suseconds_t)((delay - (double)tv.tv_sec) * 1e6);
+	event_add(d->ev_history, &tv);
+}
+
+/*
+ * One batch of forgetting per call: while a batch comes back full, the next runs at the next loop turn,
+ * so jobs, control clients and scrapes are served in between; then again in an hour.
+ */
+static void
+history_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pv_daemon *d = arg;
+	struct pv_state_pruned p;
+	struct pv_error err;
+	time_t before = time(NULL) - (time_t)d->cfg->daemon.keep_history;
+
+	if (!pv_state_prune_history(d->state, before, HISTORY_BATCH, &p, &err)) {
+		pv_log_error("cannot forget old history error=%s", pv_log_quote(err.msg));
+		memset(&d->history_pass, 0, sizeof(d->history_pass));
+		history_schedule(d, HISTORY_EVERY);
+		return;
+	}
+	d->history_pass.runs += p.runs;
+	d->history_pass.notifications += p.notifications;
+	d->history_pass.alert_log += p.alert_log;
+	if (p.runs == HISTORY_BATCH || p.notifications == HISTORY_BATCH || p.alert_log == HISTORY_BATCH) {
+		history_schedule(d, 0);
+		return;
+	}
+	if (d->history_pass.runs + d->history_pass.notifications + d->history_pass.alert_log > 0) {
+		char kept[32];
+		pv_log_info("old history forgotten runs=%zu notifications=%zu alert_log=%zu keep_history=%s",
+		            d->history_pass.runs, d->history_pass.notifications, d->history_pass.alert_log,
+		            pv_duration_format(d->cfg->daemon.keep_history, kept, sizeof(kept)));
+	}
+	memset(&d->history_pass, 0, sizeof(d->history_pass));
+	history_schedule(d, HISTORY_EVERY);
+}
+
 /* ---- alerts ---- */
 
 static void
@@ -1039,7 +1095,7 @@ alert_record(struct pv_daemon *d, const struct pv_alert_notification *a)
 			snprintf(why, sizeof(why), "maintenance");
 		e.suppressed = why;
 	}
-	if (!pv_state_alert_log_add(d->state, &e, a->at - ALERT_LOG_KEEP, &err))
+	if (!pv_state_alert_log_add(d->state, &e, &err))
 		pv_log_error("cannot record an alert notification rule=%s error=%s", e.rule,
 		             pv_log_quote(err.msg));
 }
@@ -1673,6 +1729,7 @@ pv_daemon_run(struct pv_daemon *d)
 	pv_probe_cleanup_start(d->base, d->dns, d->cfg);
 	schedule_tick(d, 0);
 	alert_schedule(d, 0);
+	history_schedule(d, HISTORY_FIRST_DELAY);
 	event_base_dispatch(d->base);
 	pv_log_notice("stopped");
 	return EXIT_SUCCESS;
@@ -1710,6 +1767,8 @@ pv_daemon_free(struct pv_daemon *d)
 		event_free(d->ev_stop);
 	if (d->ev_alert)
 		event_free(d->ev_alert);
+	if (d->ev_history)
+		event_free(d->ev_history);
 	/* Messages not yet delivered stay pending in the state database for the next start. */
 	pv_digest_free(d->digest);
 	pv_heartbeat_free(d->heartbeat);

@@ -41,6 +41,7 @@ static const struct keydef top_keys[] = {
 static const struct keydef daemon_keys[] = {
         {"state_dir", 0},         {"socket", 0},    {"admins", 0},         {"timezone", 0},
         {"max_parallel_jobs", 0}, {"log_level", 0}, {"metrics_listen", 0}, {"pg_bin_dir", 0},
+        {"keep_history", 0},
 };
 static const struct keydef storage_keys[] = {
         {"path", 0},          {"compression", 0}, {"compression_level", 0}, {"encryption_key_file", 0},
@@ -188,6 +189,7 @@ load_daemon(struct loader *ld, const yaml_node_t *root)
 	d->timezone = pv_strdup("UTC");
 	d->max_parallel_jobs = 2;
 	d->log_level = PV_LOG_INFO;
+	d->keep_history = PV_CONFIG_KEEP_HISTORY_DEFAULT;
 	if (!ld_check_map(ld, node, k, "daemon", daemon_keys, N(daemon_keys), 0, NULL, NULL))
 		return;
 	ld_str(ld, node, "daemon", "state_dir", &d->state_dir);
@@ -217,6 +219,8 @@ load_daemon(struct loader *ld, const yaml_node_t *root)
 		pv_tz_free(tz);
 	}
 	ld_int(ld, node, "daemon", "max_parallel_jobs", 1, 64, &d->max_parallel_jobs);
+	/* At least 31 days: the report's largest RPO gap over 30 days reads the backup runs. */
+	ld_duration(ld, node, "daemon", "keep_history", PV_CONFIG_KEEP_HISTORY_MIN, &d->keep_history);
 	if (ld_str(ld, node, "daemon", "log_level", &level) && !pv_log_level_parse(level, &d->log_level)) {
 		char q[256];
 		ld_get(ld, node, "log_level", &k);

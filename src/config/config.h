@@ -51,6 +51,9 @@ enum pv_starttls { PV_STARTTLS_REQUIRED, PV_STARTTLS_IMPLICIT, PV_STARTTLS_NONE 
 
 /* Durations are in seconds; 0 means "not set" where the schema makes it optional. */
 
+#define PV_CONFIG_KEEP_HISTORY_DEFAULT (90 * 86400)
+#define PV_CONFIG_KEEP_HISTORY_MIN     (31 * 86400)
+
 struct pv_config_daemon {
 	char *state_dir;             /* default /var/lib/pgvigil */
 	char *socket;                /* default /run/pgvigil/pgvigil.sock */
@@ -60,6 +63,7 @@ struct pv_config_daemon {
 	enum pv_log_level log_level; /* default info */
 	char *metrics_listen;        /* "host:port" or NULL */
 	char *pg_bin_dir;            /* or NULL */
+	int64_t keep_history;        /* seconds of runs, sent notifications, alert log; default 90d */
 };
 
 struct pv_config_storage {

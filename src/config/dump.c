@@ -354,6 +354,7 @@ pv_config_dump(const struct pv_config *cfg, FILE *out)
 	kv_str(out, 2, "log_level", pv_log_level_name(d->log_level));
 	kv_str(out, 2, "metrics_listen", d->metrics_listen);
 	kv_str(out, 2, "pg_bin_dir", d->pg_bin_dir);
+	kv_dur(out, 2, "keep_history", d->keep_history);
 
 	fputs("storage:\n", out);
 	kv_str(out, 2, "path", s->path);

@@ -209,6 +209,8 @@ enum stmt_id {
 	STMT_SILENCE_REMOVE,
 	STMT_ALERT_LOG_ADD,
 	STMT_ALERT_LOG_PRUNE,
+	STMT_RUNS_PRUNE,
+	STMT_OUTBOX_PRUNE,
 	STMT_ALERT_LOG_LIST,
 	STMT_COUNT
 };
@@ -321,7 +323,16 @@ static const char *const stmt_sql[STMT_COUNT] = {
         [STMT_ALERT_LOG_ADD] = "INSERT INTO alert_log (at, kind, rule, severity, fingerprint, \"database\", "
                                "job, value, threshold, suppressed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
                                "?9, ?10)",
-        [STMT_ALERT_LOG_PRUNE] = "DELETE FROM alert_log WHERE at < ?1",
+        [STMT_ALERT_LOG_PRUNE] = "DELETE FROM alert_log WHERE id IN (SELECT id FROM alert_log WHERE at < ?1 "
+                                 "ORDER BY id LIMIT ?2)",
+        /* The newest PV_STATE_RUNS_KEPT (?3) of a job stay: its id must be below the ?3-th newest. */
+        [STMT_RUNS_PRUNE] =
+                "DELETE FROM runs WHERE id IN (SELECT r.id FROM runs r WHERE r.finished IS NOT NULL "
+                "AND r.started < ?1 AND r.id < (SELECT n.id FROM runs n WHERE n.job = r.job "
+                "ORDER BY n.id DESC LIMIT 1 OFFSET ?3 - 1) ORDER BY r.id LIMIT ?2)",
+        [STMT_OUTBOX_PRUNE] =
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE status <> 'pending' "
+                "AND created < ?1 ORDER BY id LIMIT ?2)",
         [STMT_ALERT_LOG_LIST] = "SELECT id, at, kind, rule, severity, fingerprint, \"database\", job, value, "
                                 "threshold, suppressed FROM alert_log ORDER BY id DESC LIMIT ?1",
 };
@@ -2151,8 +2162,7 @@ pv_state_silences_free(struct pv_state_silence *v, size_t n)
 }
 
 bool
-pv_state_alert_log_add(struct pv_state *st, const struct pv_state_alert_event *e, time_t keep_after,
-                       struct pv_error *err)
+pv_state_alert_log_add(struct pv_state *st, const struct pv_state_alert_event *e, struct pv_error *err)
 {
 	const char *doing = "recording an alert notification";
 	sqlite3_stmt *s = stmt_get(st, STMT_ALERT_LOG_ADD, doing, err);
@@ -2170,17 +2180,6 @@ pv_state_alert_log_add(struct pv_state *st, const struct pv_state_alert_event *e
 	bind_text(s, 8, e->value, &rc);
 	bind_text(s, 9, e->threshold, &rc);
 	bind_text(s, 10, e->suppressed, &rc);
-	if (rc != SQLITE_OK)
-		return stmt_fail(st, s, doing, err);
-	if (!step_write(st, s, doing, err))
-		return false;
-	if (keep_after <= 0)
-		return true;
-	doing = "pruning the alert log";
-	s = stmt_get(st, STMT_ALERT_LOG_PRUNE, doing, err);
-	if (s == NULL)
-		return false;
-	bind_int64(s, 1, (int64_t)keep_after, &rc);
 	if (rc != SQLITE_OK)
 		return stmt_fail(st, s, doing, err);
 	return step_write(st, s, doing, err);
@@ -2244,4 +2243,40 @@ pv_state_alert_events_free(struct pv_state_alert_event *v, size_t n)
 		free(v[i].suppressed);
 	}
 	free(v);
+}
+
+/* ---- history ---- */
+
+static bool
+prune_one(struct pv_state *st, enum stmt_id id, time_t before, size_t limit, size_t *deleted,
+          const char *doing, struct pv_error *err)
+{
+	sqlite3_stmt *s = stmt_get(st, id, doing, err);
+	int rc = SQLITE_OK;
+
+	*deleted = 0;
+	if (s == NULL)
+		return false;
+	bind_int64(s, 1, (int64_t)before, &rc);
+	bind_int64(s, 2, (int64_t)limit, &rc);
+	if (id == STMT_RUNS_PRUNE)
+		bind_int64(s, 3, PV_STATE_RUNS_KEPT, &rc);
+	if (rc != SQLITE_OK)
+		return stmt_fail(st, s, doing, err);
+	if (!step_write(st, s, doing, err))
+		return false;
+	*deleted = (size_t)sqlite3_changes(st->db);
+	return true;
+}
+
+bool
+pv_state_prune_history(struct pv_state *st, time_t before, size_t limit, struct pv_state_pruned *out,
+                       struct pv_error *err)
+{
+	memset(out, 0, sizeof(*out));
+	return prune_one(st, STMT_RUNS_PRUNE, before, limit, &out->runs, "forgetting old runs", err) &&
+	       prune_one(st, STMT_OUTBOX_PRUNE, before, limit, &out->notifications,
+	                 "forgetting old notifications", err) &&
+	       prune_one(st, STMT_ALERT_LOG_PRUNE, before, limit, &out->alert_log,
+	                 "forgetting old alert log rows", err);
 }

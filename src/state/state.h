@@ -270,12 +270,25 @@ struct pv_state_alert_event {
 	char *suppressed; /* NULL when delivered; else "silence 3" or "maintenance" */
 };
 
-/* Append one (id is ignored) and forget the rows older than keep_after (0: keep everything). */
-bool pv_state_alert_log_add(struct pv_state *st, const struct pv_state_alert_event *e, time_t keep_after,
-                            struct pv_error *err);
+/* Append one (id is ignored). pv_state_prune_history forgets old rows. */
+bool pv_state_alert_log_add(struct pv_state *st, const struct pv_state_alert_event *e, struct pv_error *err);
 /* The newest `limit` rows (<= 0: all), newest first. Free with pv_state_alert_events_free. */
 bool pv_state_alert_log_list(struct pv_state *st, int limit, struct pv_state_alert_event **out, size_t *n,
                              struct pv_error *err);
 void pv_state_alert_events_free(struct pv_state_alert_event *v, size_t n);
+
+/*
+ * History kept for daemon.keep_history: one batch of deletions, at most `limit` rows of each kind.
+ * Runs that finished and started before `before`, except the newest PV_STATE_RUNS_KEPT of each job
+ * (status, failure streaks and the rules read them however old they are); notifications sent,
+ * dropped or failed that were created before it (pending ones stay); alert log rows before it.
+ * A count equal to `limit` means there may be more.
+ */
+#define PV_STATE_RUNS_KEPT 100
+struct pv_state_pruned {
+	size_t runs, notifications, alert_log;
+};
+bool pv_state_prune_history(struct pv_state *st, time_t before, size_t limit, struct pv_state_pruned *out,
+                            struct pv_error *err);
 
 #endif

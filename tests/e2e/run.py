@@ -520,6 +520,39 @@ def health_keep_connection_warns_on_low_file_limit(cluster):
 
 
 @test
+def keep_history_forgets_old_runs_and_notifications(cluster):
+    """daemon.keep_history: runs and sent notifications older than it are deleted soon after start, in
+    batches, except each job's newest 100 runs; pending notifications and recent rows stay."""
+    d = Daemon()
+    try:
+        d.write_config(base_config(d, cluster, HEALTH_FAST, daemon_extra="  keep_history: 31d\n"))
+        d.start()
+        wait_for(lambda: len(d.runs("health")) >= 1, 10, "a first run")
+        check(d.stop() == 0, "exit status")
+        old = int(time.time()) - 40 * 86400
+        with d.db() as c:
+            c.executemany("INSERT INTO runs (job, type, \"database\", \"trigger\", started, finished, duration, result) "
+                          "VALUES ('gone-job', 'backup', 'demo', 'schedule', ?, ?, 1, 'ok')",
+                          [(old + i, old + i + 1) for i in range(130)])
+            c.execute("INSERT INTO outbox (notifier, created, next_attempt, payload, idempotency_key, status) "
+                      "VALUES ('hook', ?, 0, '{}', 'old-sent', 'sent')", (old,))
+            c.execute("INSERT INTO outbox (notifier, created, next_attempt, payload, idempotency_key) "
+                      "VALUES ('hook', ?, 0, '{}', 'old-pending')", (old,))
+            recent = len(d.runs("health"))
+        d.start()
+        wait_for(lambda: "old history forgotten runs=30 notifications=1 alert_log=0 keep_history=" in d.logtext(),
+                 20, "the history pass")
+        check(len(d.runs("gone-job")) == 100, "the newest 100 runs of a job stay: %d" % len(d.runs("gone-job")))
+        check(len(d.runs("health")) >= recent, "recent runs were deleted")
+        with d.db() as c:
+            keys = sorted(k for (k,) in c.execute("SELECT idempotency_key FROM outbox WHERE notifier = 'hook'"))
+        check(keys == ["old-pending"], "outbox after the pass: %r" % keys)
+        check(d.stop() == 0, "exit status")
+    finally:
+        d.cleanup()
+
+
+@test
 def silent_server_times_out_loop_stays_live(cluster):
     """A listener that accepts and never answers: the health run times out at its deadline while
     the other job's 1s timer keeps firing on time."""

@@ -175,6 +175,8 @@ static const struct error_case error_cases[] = {
          BASE_DB "jobs:\n  b: { type: backup, database: db, every: 1h, keep: 1, schema_copy: yes }\n",
          PV_ERR_CONFIG_VALUE, "5:56", "jobs.b.schema_copy", "expected true or false, got \"yes\""},
         /* values */
+        {"keep_history_too_short", "daemon:\n  keep_history: 7d\n", PV_ERR_CONFIG_VALUE, "2:3",
+         "daemon.keep_history", "expected a duration of at least 4w3d, got \"7d\""},
         {"bad_duration", "alerts:\n  group_wait: 5x\n", PV_ERR_CONFIG_VALUE, "2:3", "alerts.group_wait",
          "expected a duration such as 30s, 5m, 4h, 7d, 2w or 1h30m, got \"5x\""},
         {"bad_duration_order", "alerts:\n  repeat_every: 30m1h\n", PV_ERR_CONFIG_VALUE, "2:3",
@@ -785,6 +787,7 @@ START_TEST(test_config__defaults)
 	ck_assert_int_eq(cfg->daemon.max_parallel_jobs, 2);
 	ck_assert_int_eq(cfg->daemon.log_level, PV_LOG_INFO);
 	ck_assert_ptr_null(cfg->daemon.metrics_listen);
+	ck_assert_int_eq(cfg->daemon.keep_history, 90 * 86400);
 	ck_assert_ptr_null(cfg->daemon.pg_bin_dir);
 	ck_assert_str_eq(cfg->storage.path, "/var/lib/pgvigil/backups");
 	ck_assert_int_eq(cfg->storage.compression, PV_COMPRESSION_ZSTD);

@@ -1835,7 +1835,15 @@ START_TEST(test_state__alert_log)
 		                                 .database = "production",
 		                                 .value = "26h",
 		                                 .suppressed = i == 2 ? "silence 7" : NULL};
-		ck_assert_msg(pv_state_alert_log_add(st, &e, i == 4 ? 1150 : 0, &err), "%s", err.msg);
+		ck_assert_msg(pv_state_alert_log_add(st, &e, &err), "%s", err.msg);
+	}
+	ck_assert(pv_state_alert_log_list(st, 0, &v, &n, &err));
+	ck_assert_uint_eq(n, 5);
+	pv_state_alert_events_free(v, n);
+	{
+		struct pv_state_pruned pr;
+		ck_assert_msg(pv_state_prune_history(st, 1150, 100, &pr, &err), "%s", err.msg);
+		ck_assert_uint_eq(pr.alert_log, 2);
 	}
 	ck_assert(pv_state_alert_log_list(st, 0, &v, &n, &err));
 	ck_assert_uint_eq(n, 3); /* 1000 and 1100 are older than 1150 */
@@ -1847,6 +1855,95 @@ START_TEST(test_state__alert_log)
 	ck_assert(pv_state_alert_log_list(st, 2, &v, &n, &err));
 	ck_assert_uint_eq(n, 2);
 	pv_state_alert_events_free(v, n);
+	pv_state_close(st);
+}
+END_TEST
+
+static size_t
+runs_of(struct pv_state *st, const char *job)
+{
+	int64_t n = 0;
+	struct pv_error err;
+	ck_assert_msg(pv_state_runs_count(st, job, NULL, &n, &err), "%s", err.msg);
+	return (size_t)n;
+}
+
+/*
+ * History: old finished runs go, except each job's newest PV_STATE_RUNS_KEPT and runs still going;
+ * old notifications go unless pending; batches stop at the limit.
+ */
+START_TEST(test_state__prune_history)
+{
+	TEST_PATHS();
+	struct pv_state *st = open_ok(path);
+	struct pv_error err = {0};
+	struct pv_state_pruned pr;
+	int64_t id, unfinished = 0;
+	size_t total = 0;
+
+	/* "busy": 250 old runs, the first still unfinished (crashed daemon, not yet marked); "rare": 5
+	 * old ones; "fresh": 10 recent ones. */
+	for (int i = 0; i < 250; i++) {
+		ck_assert(pv_state_run_begin(st, "busy", "health", "db", "schedule", 0, 1000 + i, &id, &err));
+		if (i == 0)
+			unfinished = id;
+		else
+			ck_assert(pv_state_run_end(st, id, 1000 + i, 0.01, "ok", NULL, "{}", &err));
+	}
+	for (int i = 0; i < 5; i++) {
+		ck_assert(pv_state_run_begin(st, "rare", "backup", "db", "schedule", 0, 2000 + i, &id, &err));
+		ck_assert(pv_state_run_end(st, id, 2000 + i, 1, "ok", NULL, "{}", &err));
+	}
+	for (int i = 0; i < 10; i++) {
+		ck_assert(pv_state_run_begin(st, "fresh", "health", "db", "schedule", 0, 100000 + i, &id,
+		                             &err));
+		ck_assert(pv_state_run_end(st, id, 100000 + i, 0.01, "ok", NULL, "{}", &err));
+	}
+	/* Notifications: old sent, old pending, new sent. */
+	ck_assert(pv_state_outbox_add(st, "hook", 1000, 1000000, "{}", "k-old-sent", &id, NULL, &err));
+	ck_assert(pv_state_outbox_mark_sent(st, id, 1001, &err));
+	ck_assert(pv_state_outbox_add(st, "hook", 1000, 1000000, "{}", "k-old-pending", &id, NULL, &err));
+	ck_assert(pv_state_outbox_add(st, "hook", 100000, 100000000, "{}", "k-new-sent", &id, NULL, &err));
+	ck_assert(pv_state_outbox_mark_sent(st, id, 100001, &err));
+
+	/* Batches of 60: 149 old finished "busy" runs beyond the newest 100 and the unfinished one. */
+	for (int round = 0; round < 10; round++) {
+		ck_assert_msg(pv_state_prune_history(st, 50000, 60, &pr, &err), "%s", err.msg);
+		ck_assert_uint_le(pr.runs, 60);
+		total += pr.runs;
+		if (pr.runs < 60)
+			break;
+	}
+	ck_assert_uint_eq(total, 149);
+	ck_assert_uint_eq(runs_of(st, "busy"), 101);
+	ck_assert_uint_eq(runs_of(st, "rare"), 5);
+	ck_assert_uint_eq(runs_of(st, "fresh"), 10);
+	{
+		struct pv_state_run r;
+		ck_assert(pv_state_run_last(st, "busy", &r, &err));
+		ck_assert_int_eq(r.started, 1249);
+		pv_state_run_clear(&r);
+	}
+	{
+		struct pv_state_outbox_counts c;
+		ck_assert(pv_state_outbox_counts(st, NULL, &c, &err));
+		ck_assert_int_eq(c.sent, 1);
+		ck_assert_int_eq(c.pending, 1);
+	}
+	/* The unfinished run is still there (runs_count counts it among the 101). */
+	{
+		struct pv_state_run *runs = NULL;
+		size_t n = 0;
+		bool seen = false;
+		ck_assert(pv_state_runs_list(st, "busy", 0, &runs, &n, &err));
+		for (size_t i = 0; i < n; i++)
+			seen |= runs[i].id == unfinished;
+		pv_state_runs_free(runs, n);
+		ck_assert(seen);
+	}
+	/* Nothing more to do: all zero. */
+	ck_assert(pv_state_prune_history(st, 50000, 60, &pr, &err));
+	ck_assert_uint_eq(pr.runs + pr.notifications + pr.alert_log, 0);
 	pv_state_close(st);
 }
 END_TEST
@@ -1913,6 +2010,7 @@ main(void)
 	tcase_add_test(tc, test_state__outbox_migration_from_v2);
 	tcase_add_test(tc, test_state__silences);
 	tcase_add_test(tc, test_state__alert_log);
+	tcase_add_test(tc, test_state__prune_history);
 	tcase_add_test(tc, test_state__migration_v3_to_v4);
 	suite_add_tcase(s, tc);
 
