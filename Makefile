@@ -17,6 +17,8 @@ LIB_SRCS := $(filter-out src/main.c src/cli/pgvigilctl.c,$(wildcard src/*.c src/
 LIB_OBJS := $(LIB_SRCS:%.c=$(B)/%.o)
 UNIT_SRCS := $(wildcard tests/unit/check_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(B)/tests/%)
+# Fixtures shared by the unit tests (tests/unit/testlib.h), linked into every unit binary.
+TESTLIB_OBJ := $(B)/tests/testlib.o
 MANS := $(wildcard man/*.[1-8])
 
 .PHONY: all check unit-check e2e-check man-check format-check format install uninstall clean distclean demo deps \
@@ -50,7 +52,7 @@ $(B)/tests/%.o: tests/unit/%.c config.mk
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -Itests/unit -c -o $@ $<
 
-$(B)/tests/%: $(B)/tests/%.o $(B)/libpgvigil.a
+$(B)/tests/%: $(B)/tests/%.o $(TESTLIB_OBJ) $(B)/libpgvigil.a
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(DEP_LIBS) $(CHECK_LIBS) -lm
 
 check: all $(UNIT_BINS) man-check format-check

@@ -1,13 +1,9 @@
 /* Unit tests for foreign-key orphan detection (src/pg/integrity.c, src/jobs/integrity.c) and the
  * health job's figures, against a throwaway PostgreSQL. */
-#include <arpa/inet.h>
 #include <check.h>
-#include <sys/wait.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -25,10 +21,10 @@
 #include "state/state.h"
 #include "util/mem.h"
 
+#include "testlib.h"
+
 /* Set in main() before the suite forks: one cluster for every test. */
-static char pg_dir[256];
-static char pg_sock[300];
-static int pg_port;
+static struct pv_test_cluster cluster;
 
 /*
  * The fixture database "fk": every constraint with its exact number of orphaned rows. Orphans are
@@ -114,97 +110,17 @@ static const struct {
         {"sales.orders.orders_customer_fk", 3, false},
 };
 
-/* ---- loop helpers (as in check_pg.c) ---- */
-
-struct loop {
-	struct event_base *base;
-	struct evdns_base *dns;
-	struct event *safety;
-	struct event *tick;
-	int ticks;
-	double last_tick;
-	double max_gap;
-};
-
-static void
-stop_cb(evutil_socket_t fd, short what, void *arg)
-{
-	event_base_loopbreak(arg);
-}
-
-static void
-tick_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct loop *l = arg;
-	double now = pv_pg_now();
-	if (now - l->last_tick > l->max_gap)
-		l->max_gap = now - l->last_tick;
-	l->last_tick = now;
-	l->ticks++;
-}
-
-static struct timeval
-tv_of(double s)
-{
-	struct timeval tv;
-	tv.tv_sec = (time_t)s;
-	tv.tv_usec = (suseconds_t)((s - (double)tv.tv_sec) * 1e6);
-	return tv;
-}
-
-static void
-loop_init(struct loop *l)
-{
-	memset(l, 0, sizeof(*l));
-	l->base = event_base_new();
-	ck_assert_ptr_nonnull(l->base);
-	l->dns = evdns_base_new(l->base, 0);
-	ck_assert_ptr_nonnull(l->dns);
-}
-
-static void
-loop_start_ticker(struct loop *l)
-{
-	struct timeval tv = tv_of(0.1);
-	l->tick = event_new(l->base, -1, EV_PERSIST, tick_cb, l);
-	l->last_tick = pv_pg_now();
-	event_add(l->tick, &tv);
-}
-
-static void
-loop_run(struct loop *l, double max)
-{
-	struct timeval tv = tv_of(max);
-	if (l->safety == NULL)
-		l->safety = evtimer_new(l->base, stop_cb, l->base);
-	evtimer_add(l->safety, &tv);
-	event_base_dispatch(l->base);
-	evtimer_del(l->safety);
-}
-
-static void
-loop_free(struct loop *l)
-{
-	if (l->tick)
-		event_free(l->tick);
-	if (l->safety)
-		event_free(l->safety);
-	event_base_loop(l->base, EVLOOP_NONBLOCK);
-	evdns_base_free(l->dns, 1);
-	event_base_free(l->base);
-}
-
 static char *
 fk_conninfo(void)
 {
-	return pv_asprintf("host=%s port=%d dbname=fk user=vigil", pg_sock, pg_port);
+	return pv_asprintf("host=%s port=%d dbname=fk user=vigil", cluster.sock, cluster.port);
 }
 
 /* A blocking superuser session for fixtures and locks (tests only). */
 static PGconn *
 admin_connect(const char *db)
 {
-	char *ci = pv_asprintf("host=%s port=%d dbname=%s user=postgres", pg_sock, pg_port, db);
+	char *ci = pv_asprintf("host=%s port=%d dbname=%s user=postgres", cluster.sock, cluster.port, db);
 	PGconn *c = PQconnectdb(ci);
 	free(ci);
 	if (PQstatus(c) != CONNECTION_OK) {
@@ -251,7 +167,7 @@ integ_cb(json_t *report, const struct pv_error *err, void *arg)
 }
 
 static void
-run_integrity(struct loop *l, const struct pv_pg_integrity_opts *opts, struct integ_wait *w)
+run_integrity(struct pv_test_loop *l, const struct pv_pg_integrity_opts *opts, struct integ_wait *w)
 {
 	struct pv_error err;
 
@@ -260,7 +176,7 @@ run_integrity(struct loop *l, const struct pv_pg_integrity_opts *opts, struct in
 	ck_assert_msg(pv_pg_integrity_start(l->base, l->dns, opts, integ_cb, w, &err) != NULL, "start: %s",
 	              err.msg);
 	ck_assert_int_eq(w->calls, 0);
-	loop_run(l, opts->timeout + 10);
+	pv_test_loop_run(l, opts->timeout + 10);
 	ck_assert_int_eq(w->calls, 1);
 }
 
@@ -311,14 +227,14 @@ assert_expected_counts(json_t *report, const char *timed_out)
 
 START_TEST(test_integrity__orphans_per_constraint)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct integ_wait w;
 	struct pv_pg_integrity_opts o = {.timeout = 20};
 	char *ci = fk_conninfo();
 	json_t *details;
 
 	o.conninfo = ci;
-	loop_init(&l);
+	pv_test_loop_init(&l, false);
 	run_integrity(&l, &o, &w);
 	ck_assert_msg(!w.failed, "integrity: %s", w.err.msg);
 	ck_assert_ptr_nonnull(w.report);
@@ -341,20 +257,20 @@ START_TEST(test_integrity__orphans_per_constraint)
 	}
 	json_decref(w.report);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_integrity__details_capped)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct integ_wait w;
 	struct pv_pg_integrity_opts o = {.timeout = 20, .max_details = 2};
 	char *ci = fk_conninfo();
 	json_t *details;
 
 	o.conninfo = ci;
-	loop_init(&l);
+	pv_test_loop_init(&l, false);
 	run_integrity(&l, &o, &w);
 	ck_assert_ptr_nonnull(w.report);
 	details = json_object_get(w.report, "details");
@@ -367,14 +283,14 @@ START_TEST(test_integrity__details_capped)
 	                 "public.events.events_customer_id_fkey");
 	json_decref(w.report);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 /* A count blocked by a lock is abandoned at its deadline; the check reconnects and goes on. */
 START_TEST(test_integrity__locked_table_times_out)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct integ_wait w;
 	struct pv_pg_integrity_opts o = {.timeout = 20, .query_timeout = 1.0};
 	char *ci = fk_conninfo();
@@ -385,8 +301,8 @@ START_TEST(test_integrity__locked_table_times_out)
 	ck_assert(admin_exec(locker, "BEGIN"));
 	ck_assert(admin_exec(locker, "LOCK TABLE public.m_locked IN ACCESS EXCLUSIVE MODE"));
 	o.conninfo = ci;
-	loop_init(&l);
-	loop_start_ticker(&l);
+	pv_test_loop_init(&l, false);
+	pv_test_loop_start_ticker(&l);
 	t0 = pv_pg_now();
 	run_integrity(&l, &o, &w);
 	ck_assert_msg(!w.failed, "integrity: %s", w.err.msg);
@@ -400,14 +316,14 @@ START_TEST(test_integrity__locked_table_times_out)
 	json_decref(w.report);
 	PQfinish(locker);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 /* The whole check's deadline: the blocked count is cut short, the rest are "not checked". */
 START_TEST(test_integrity__overall_deadline)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct integ_wait w;
 	struct pv_pg_integrity_opts o = {.timeout = 1.5, .query_timeout = 10};
 	char *ci = fk_conninfo();
@@ -419,7 +335,7 @@ START_TEST(test_integrity__overall_deadline)
 	ck_assert(admin_exec(locker, "BEGIN"));
 	ck_assert(admin_exec(locker, "LOCK TABLE public.m_locked IN ACCESS EXCLUSIVE MODE"));
 	o.conninfo = ci;
-	loop_init(&l);
+	pv_test_loop_init(&l, false);
 	t0 = pv_pg_now();
 	run_integrity(&l, &o, &w);
 	ck_assert(w.failed);
@@ -436,32 +352,32 @@ START_TEST(test_integrity__overall_deadline)
 	json_decref(w.report);
 	PQfinish(locker);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_integrity__unreachable)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct integ_wait w;
 	struct pv_pg_integrity_opts o = {.timeout = 5};
-	char *ci = pv_asprintf("host=%s port=%d dbname=nosuchdb user=vigil", pg_sock, pg_port);
+	char *ci = pv_asprintf("host=%s port=%d dbname=nosuchdb user=vigil", cluster.sock, cluster.port);
 
 	o.conninfo = ci;
-	loop_init(&l);
+	pv_test_loop_init(&l, false);
 	run_integrity(&l, &o, &w);
 	ck_assert(w.failed);
 	ck_assert_ptr_null(w.report);
 	ck_assert_int_eq(w.err.code, PV_ERR_PG_CONNECT);
 	ck_assert_msg(strstr(w.err.msg, "database \"nosuchdb\" does not exist"), "msg: %s", w.err.msg);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_integrity__cancel_returns_nothing_before_catalog)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct integ_wait w;
 	struct pv_pg_integrity_opts o = {.timeout = 5};
 	char *ci = fk_conninfo();
@@ -469,26 +385,26 @@ START_TEST(test_integrity__cancel_returns_nothing_before_catalog)
 	struct pv_pg_integrity_op *op;
 
 	o.conninfo = ci;
-	loop_init(&l);
+	pv_test_loop_init(&l, false);
 	memset(&w, 0, sizeof(w));
 	w.base = l.base;
 	op = pv_pg_integrity_start(l.base, l.dns, &o, integ_cb, &w, &err);
 	ck_assert_ptr_nonnull(op);
 	ck_assert_ptr_null(pv_pg_integrity_cancel(op));
-	loop_run(&l, 0.5);
+	pv_test_loop_run(&l, 0.5);
 	ck_assert_int_eq(w.calls, 0);
 	ck_assert_ptr_null(pv_pg_integrity_start(
 	        l.base, l.dns, &(struct pv_pg_integrity_opts){.conninfo = "port=notanumber x", .timeout = 1},
 	        integ_cb, &w, &err));
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 /* ---- the job types, with a state database ---- */
 
 struct job_env {
-	struct loop l;
+	struct pv_test_loop l;
 	char dir[64];
 	struct pv_state *st;
 	struct pv_config_database db;
@@ -512,7 +428,7 @@ env_init(struct job_env *e, enum pv_job_type type, const char *conninfo)
 	char *path;
 
 	memset(e, 0, sizeof(*e));
-	loop_init(&e->l);
+	pv_test_loop_init(&e->l, false);
 	pv_strlcpy(e->dir, "/tmp/pgvigil-check-integ-XXXXXX", sizeof(e->dir));
 	ck_assert_ptr_nonnull(mkdtemp(e->dir));
 	path = pv_asprintf("%s/state.db", e->dir);
@@ -559,7 +475,7 @@ env_run(struct job_env *e)
 	ck_assert(pv_state_run_begin(e->st, e->job.name, pv_job_type_name(e->job.type), "fk", "manual", 0,
 	                             e->run.started, &e->run.id, &err));
 	ck_assert_msg(ops->start(&e->run), "start: %s", e->run.cause);
-	loop_run(&e->l, 20);
+	pv_test_loop_run(&e->l, 20);
 	ck_assert_int_eq(e->done, 1);
 }
 
@@ -569,7 +485,7 @@ env_free(struct job_env *e)
 	char *cmd = pv_asprintf("rm -rf %s", e->dir);
 	json_decref(e->run.figures);
 	pv_state_close(e->st);
-	loop_free(&e->l);
+	pv_test_loop_free(&e->l);
 	ck_assert_int_eq(system(cmd), 0);
 	free(cmd);
 }
@@ -673,16 +589,6 @@ END_TEST
 
 /* ---- harness ---- */
 
-static int
-pgtmp(const char *args)
-{
-	const char *srcdir = getenv("srcdir");
-	char *cmd = pv_asprintf("%s/tests/lib/pgtmp %s >/dev/null", srcdir ? srcdir : ".", args);
-	int rc = system(cmd);
-	free(cmd);
-	return rc;
-}
-
 static bool
 load_fixture(void)
 {
@@ -703,22 +609,6 @@ load_fixture(void)
 	return ok;
 }
 
-/* A TCP port on 127.0.0.1 that nothing listens on now (bound to 0, read, closed). */
-static int
-fixture_port(void)
-{
-	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t sl = sizeof(sa);
-	int fd = socket(AF_INET, SOCK_STREAM, 0), port = 0;
-
-	if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
-	    getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
-		port = ntohs(sa.sin_port);
-	if (fd >= 0)
-		close(fd);
-	return port > 0 ? port : 54000 + getpid() % 1000;
-}
-
 int
 main(void)
 {
@@ -726,38 +616,11 @@ main(void)
 	TCase *tc = tcase_create("core");
 	SRunner *sr;
 	int failed;
-	char *args;
-	int rc;
-	char tmpl[] = "/tmp/pgvigil-check-integrity-XXXXXX";
 
-	if (mkdtemp(tmpl) == NULL) {
-		perror("mkdtemp");
+	if (!pv_test_cluster_start(&cluster, "check_integrity"))
 		return EXIT_FAILURE;
-	}
-	pv_strlcpy(pg_dir, tmpl, sizeof(pg_dir));
-	snprintf(pg_sock, sizeof(pg_sock), "%s/sock", pg_dir);
-	/* A port the kernel says is free; another start takes it first now and then: try another. */
-	for (int attempt = 0;; attempt++) {
-		pg_port = fixture_port();
-		args = pv_asprintf("start %s %d", pg_dir, pg_port);
-		rc = pgtmp(args);
-		if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 75 || attempt == 4)
-			break;
-		free(args);
-	}
-	if (rc != 0) {
-		fprintf(stderr,
-		        "check_integrity: could not start a throwaway PostgreSQL (tests/lib/pgtmp %s)\n",
-		        args);
-		free(args);
-		rmdir(pg_dir);
-		return EXIT_FAILURE;
-	}
-	free(args);
 	if (!load_fixture()) {
-		args = pv_asprintf("stop %s", pg_dir);
-		pgtmp(args);
-		free(args);
+		pv_test_cluster_stop(&cluster);
 		return EXIT_FAILURE;
 	}
 
@@ -777,8 +640,6 @@ main(void)
 	failed = srunner_ntests_failed(sr);
 	srunner_free(sr);
 
-	args = pv_asprintf("stop %s", pg_dir);
-	pgtmp(args);
-	free(args);
+	pv_test_cluster_stop(&cluster);
 	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

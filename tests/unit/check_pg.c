@@ -1,8 +1,6 @@
 /* Unit tests for src/pg: async connect, deadlines, queries and health against a throwaway PostgreSQL. */
 #include <arpa/inet.h>
 #include <check.h>
-#include <sys/wait.h>
-#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -21,94 +19,10 @@
 #include "pg/pg_internal.h"
 #include "util/mem.h"
 
+#include "testlib.h"
+
 /* Set in main() before the suite forks: one cluster for every test. */
-static char pg_dir[256];
-static char pg_sock[300];
-static int pg_port;
-
-/* ---- loop helpers ---- */
-
-struct loop {
-	struct event_base *base;
-	struct evdns_base *dns;
-	struct event *safety;
-	struct event *tick;
-	int ticks;
-	double last_tick;
-	double max_gap;
-};
-
-static void
-stop_cb(evutil_socket_t fd, short what, void *arg)
-{
-	event_base_loopbreak(arg);
-}
-
-static void
-tick_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct loop *l = arg;
-	double now = pv_pg_now();
-	if (now - l->last_tick > l->max_gap)
-		l->max_gap = now - l->last_tick;
-	l->last_tick = now;
-	l->ticks++;
-}
-
-static struct timeval
-tv_of(double s)
-{
-	struct timeval tv;
-	tv.tv_sec = (time_t)s;
-	tv.tv_usec = (suseconds_t)((s - (double)tv.tv_sec) * 1e6);
-	return tv;
-}
-
-/* system_dns: evdns configured from resolv.conf and /etc/hosts; else an empty evdns base. */
-static void
-loop_init(struct loop *l, bool system_dns)
-{
-	memset(l, 0, sizeof(*l));
-	l->base = event_base_new();
-	ck_assert_ptr_nonnull(l->base);
-	l->dns = evdns_base_new(l->base, system_dns ? EVDNS_BASE_INITIALIZE_NAMESERVERS : 0);
-	ck_assert_ptr_nonnull(l->dns);
-}
-
-/* A 100 ms ticker in the same loop: if anything blocks the loop, its gaps show it. */
-static void
-loop_start_ticker(struct loop *l)
-{
-	struct timeval tv = tv_of(0.1);
-	l->tick = event_new(l->base, -1, EV_PERSIST, tick_cb, l);
-	l->last_tick = pv_pg_now();
-	event_add(l->tick, &tv);
-}
-
-/* Run until something calls event_base_loopbreak, or max seconds. */
-static void
-loop_run(struct loop *l, double max)
-{
-	struct timeval tv = tv_of(max);
-	if (l->safety == NULL)
-		l->safety = evtimer_new(l->base, stop_cb, l->base);
-	evtimer_add(l->safety, &tv);
-	event_base_dispatch(l->base);
-	evtimer_del(l->safety);
-}
-
-static void
-loop_free(struct loop *l)
-{
-	if (l->tick)
-		event_free(l->tick);
-	if (l->safety)
-		event_free(l->safety);
-	/* evdns reports cancelled lookups from deferred callbacks: let them run so nothing leaks. */
-	event_base_loop(l->base, EVLOOP_NONBLOCK);
-	evdns_base_free(l->dns, 1);
-	event_base_free(l->base);
-}
+static struct pv_test_cluster cluster;
 
 /* ---- fake servers ---- */
 
@@ -220,101 +134,6 @@ fake_pg_stop(struct fake_pg *f)
 	close(f->lfd);
 }
 
-/*
- * A DNS server on 127.0.0.1: db.pgvigil.test is 127.0.0.1 (no AAAA), nonexistent.invalid is
- * NXDOMAIN, silent.pgvigil.test is never answered. Tests then need no network.
- */
-struct fake_dns {
-	int fd;
-	int port;
-	struct event *ev;
-	int queries;
-};
-
-static void
-fake_dns_read(evutil_socket_t fd, short what, void *arg)
-{
-	struct fake_dns *d = arg;
-	unsigned char q[512], r[600];
-	struct sockaddr_storage from;
-	socklen_t fromlen = sizeof(from);
-	ssize_t n = recvfrom(fd, q, sizeof(q), 0, (struct sockaddr *)&from, &fromlen);
-	char name[256] = "";
-	size_t pos = 12, namelen = 0, rlen;
-	unsigned qtype;
-	int rcode = 0, answers = 0;
-
-	if (n < 17)
-		return;
-	d->queries++;
-	while (pos < (size_t)n && q[pos] != 0) {
-		size_t l = q[pos];
-		if (pos + 1 + l > (size_t)n || namelen + l + 2 > sizeof(name))
-			return;
-		if (namelen > 0)
-			name[namelen++] = '.';
-		for (size_t i = 0; i < l; i++)
-			name[namelen++] = (char)tolower(q[pos + 1 + i]); /* evdns randomises case (0x20) */
-		name[namelen] = '\0';
-		pos += 1 + l;
-	}
-	pos++;
-	if (pos + 4 > (size_t)n)
-		return;
-	qtype = (unsigned)(q[pos] << 8 | q[pos + 1]);
-	pos += 4;
-	if (strcmp(name, "silent.pgvigil.test") == 0)
-		return;
-	if (strcmp(name, "db.pgvigil.test") == 0)
-		answers = qtype == 1 ? 1 : 0;
-	else
-		rcode = 3;
-	memcpy(r, q, pos); /* id, then the question echoed */
-	r[2] = 0x81;
-	r[3] = (unsigned char)(0x80 | rcode);
-	r[4] = 0;
-	r[5] = 1;
-	r[6] = 0;
-	r[7] = (unsigned char)answers;
-	memset(r + 8, 0, 4);
-	rlen = pos;
-	if (answers) {
-		static const unsigned char rr[] = {0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1};
-		memcpy(r + rlen, rr, sizeof(rr));
-		rlen += sizeof(rr);
-	}
-	sendto(fd, r, rlen, 0, (struct sockaddr *)&from, fromlen);
-}
-
-static void
-fake_dns_start(struct fake_dns *d, struct loop *l)
-{
-	struct sockaddr_in sa;
-	socklen_t len = sizeof(sa);
-	char ns[64];
-
-	memset(d, 0, sizeof(*d));
-	d->fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	ck_assert_int_ge(d->fd, 0);
-	memset(&sa, 0, sizeof(sa));
-	sa.sin_family = AF_INET;
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	ck_assert_int_eq(bind(d->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	ck_assert_int_eq(getsockname(d->fd, (struct sockaddr *)&sa, &len), 0);
-	d->port = ntohs(sa.sin_port);
-	d->ev = event_new(l->base, d->fd, EV_READ | EV_PERSIST, fake_dns_read, d);
-	event_add(d->ev, NULL);
-	snprintf(ns, sizeof(ns), "127.0.0.1:%d", d->port);
-	ck_assert_int_eq(evdns_base_nameserver_ip_add(l->dns, ns), 0);
-}
-
-static void
-fake_dns_stop(struct fake_dns *d)
-{
-	event_free(d->ev);
-	close(d->fd);
-}
-
 /* ---- result collectors ---- */
 
 struct health_wait {
@@ -336,7 +155,7 @@ health_cb(const struct pv_pg_health *r, void *arg)
 
 /* Run one health probe to completion and return its result. */
 static struct health_wait
-run_health(struct loop *l, const char *conninfo, const char *password, double timeout)
+run_health(struct pv_test_loop *l, const char *conninfo, const char *password, double timeout)
 {
 	struct health_wait w;
 	memset(&w, 0, sizeof(w));
@@ -344,7 +163,7 @@ run_health(struct loop *l, const char *conninfo, const char *password, double ti
 	ck_assert_ptr_nonnull(
 	        pv_pg_health_start(l->base, l->dns, conninfo, password, timeout, health_cb, &w));
 	ck_assert_int_eq(w.calls, 0); /* never synchronous */
-	loop_run(l, timeout + 5);
+	pv_test_loop_run(l, timeout + 5);
 	ck_assert_int_eq(w.calls, 1);
 	return w;
 }
@@ -370,7 +189,7 @@ connect_cb(struct pv_pg_conn *conn, bool ok, const struct pv_error *err, void *a
 }
 
 static struct pv_pg_conn *
-connect_sync(struct loop *l, const char *conninfo, const char *password, double timeout,
+connect_sync(struct pv_test_loop *l, const char *conninfo, const char *password, double timeout,
              struct connect_wait *w)
 {
 	struct pv_error err;
@@ -380,7 +199,7 @@ connect_sync(struct loop *l, const char *conninfo, const char *password, double 
 	w->base = l->base;
 	conn = pv_pg_connect(l->base, l->dns, conninfo, password, timeout, connect_cb, w, &err);
 	ck_assert_msg(conn != NULL, "pv_pg_connect: %s", err.msg);
-	loop_run(l, timeout + 5);
+	pv_test_loop_run(l, timeout + 5);
 	ck_assert_int_eq(w->calls, 1);
 	return conn;
 }
@@ -409,8 +228,8 @@ query_cb(struct pv_pg_conn *conn, const PGresult *res, const struct pv_error *er
 }
 
 static void
-query_sync(struct loop *l, struct pv_pg_conn *conn, const char *sql, const char *param, double timeout,
-           struct query_wait *w)
+query_sync(struct pv_test_loop *l, struct pv_pg_conn *conn, const char *sql, const char *param,
+           double timeout, struct query_wait *w)
 {
 	struct pv_error err;
 	const char *params[1] = {param};
@@ -420,7 +239,7 @@ query_sync(struct loop *l, struct pv_pg_conn *conn, const char *sql, const char 
 	ck_assert_msg(pv_pg_query_start(conn, sql, param ? 1 : 0, param ? params : NULL, timeout, query_cb, w,
 	                                &err),
 	              "query: %s", err.msg);
-	loop_run(l, timeout > 0 ? timeout + 5 : 10);
+	pv_test_loop_run(l, timeout > 0 ? timeout + 5 : 10);
 	ck_assert_int_eq(w->calls, 1);
 }
 
@@ -434,11 +253,11 @@ tcp_conninfo(const char *host, int port)
 
 START_TEST(test_pg__health_tcp_password)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct health_wait w;
-	char *ci = tcp_conninfo("127.0.0.1", pg_port);
+	char *ci = tcp_conninfo("127.0.0.1", cluster.port);
 
-	loop_init(&l, false);
+	pv_test_loop_init(&l, false);
 	w = run_health(&l, ci, "vigil-secret", 10);
 	ck_assert_msg(w.r.ok, "health failed: %s", w.r.error.msg);
 	ck_assert_int_ge(w.r.server_version_num, 150000);
@@ -446,49 +265,50 @@ START_TEST(test_pg__health_tcp_password)
 	ck_assert(w.r.connect_seconds > 0 && w.r.connect_seconds < 10);
 	ck_assert(w.r.query_seconds > 0 && w.r.query_seconds < 10);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_pg__health_unix_socket)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct health_wait w;
-	char *ci = pv_asprintf("host=%s port=%d dbname=demo user=vigil", pg_sock, pg_port);
+	char *ci = pv_asprintf("host=%s port=%d dbname=demo user=vigil", cluster.sock, cluster.port);
 
-	loop_init(&l, false);
+	pv_test_loop_init(&l, false);
 	w = run_health(&l, ci, NULL, 10);
 	ck_assert_msg(w.r.ok, "health failed: %s", w.r.error.msg);
 	ck_assert_int_ge(w.r.server_version_num, 150000);
 	ck_assert(w.r.server_version[0] != '\0');
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_pg__health_uri_form)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct health_wait w;
-	char *ci = pv_asprintf("postgresql://vigil:vigil-secret@127.0.0.1:%d/demo?sslmode=disable", pg_port);
+	char *ci = pv_asprintf("postgresql://vigil:vigil-secret@127.0.0.1:%d/demo?sslmode=disable",
+	                       cluster.port);
 
-	loop_init(&l, false);
+	pv_test_loop_init(&l, false);
 	w = run_health(&l, ci, NULL, 10);
 	ck_assert_msg(w.r.ok, "health failed: %s", w.r.error.msg);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 /* localhost is a name: evdns (from /etc/hosts) resolves it and libpq gets it as hostaddr. */
 START_TEST(test_pg__localhost_resolved_with_evdns)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct connect_wait w;
 	struct pv_pg_conn *conn;
-	char *ci = tcp_conninfo("localhost", pg_port);
+	char *ci = tcp_conninfo("localhost", cluster.port);
 
-	loop_init(&l, true);
+	pv_test_loop_init(&l, true);
 	conn = connect_sync(&l, ci, "vigil-secret", 10, &w);
 	ck_assert_msg(w.ok, "connect failed: %s", w.err.msg);
 	ck_assert_ptr_nonnull(pv_pg_resolved_hostaddr(conn));
@@ -497,57 +317,57 @@ START_TEST(test_pg__localhost_resolved_with_evdns)
 	ck_assert(pv_pg_connect_seconds(conn) > 0);
 	pv_pg_close(conn);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_pg__hostname_via_dns_server)
 {
-	struct loop l;
-	struct fake_dns d;
+	struct pv_test_loop l;
+	struct pv_test_dns d;
 	struct health_wait w;
-	char *ci = tcp_conninfo("db.pgvigil.test", pg_port);
+	char *ci = tcp_conninfo("db.pgvigil.test", cluster.port);
 
-	loop_init(&l, false);
-	fake_dns_start(&d, &l);
+	pv_test_loop_init(&l, false);
+	pv_test_dns_start(&d, l.base, l.dns);
 	w = run_health(&l, ci, "vigil-secret", 10);
 	ck_assert_msg(w.r.ok, "health failed: %s", w.r.error.msg);
 	ck_assert_int_ge(d.queries, 1);
-	fake_dns_stop(&d);
+	pv_test_dns_stop(&d);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 /* Host and port lists: the first host is refused, libpq moves on to the second. */
 START_TEST(test_pg__host_list_falls_through)
 {
-	struct loop l;
-	struct fake_dns d;
+	struct pv_test_loop l;
+	struct pv_test_dns d;
 	struct connect_wait w;
 	struct pv_pg_conn *conn;
-	char *ci = pv_asprintf("host=db.pgvigil.test,%s port=%d,%d dbname=demo user=vigil", pg_sock,
-	                       closed_port(), pg_port);
+	char *ci = pv_asprintf("host=db.pgvigil.test,%s port=%d,%d dbname=demo user=vigil", cluster.sock,
+	                       closed_port(), cluster.port);
 
-	loop_init(&l, false);
-	fake_dns_start(&d, &l);
+	pv_test_loop_init(&l, false);
+	pv_test_dns_start(&d, l.base, l.dns);
 	conn = connect_sync(&l, ci, NULL, 10, &w);
 	ck_assert_msg(w.ok, "connect failed: %s", w.err.msg);
 	ck_assert_str_eq(pv_pg_resolved_hostaddr(conn), "127.0.0.1,");
 	pv_pg_close(conn);
-	fake_dns_stop(&d);
+	pv_test_dns_stop(&d);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_pg__wrong_password)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct health_wait w;
-	char *ci = tcp_conninfo("127.0.0.1", pg_port);
+	char *ci = tcp_conninfo("127.0.0.1", cluster.port);
 
-	loop_init(&l, false);
+	pv_test_loop_init(&l, false);
 	w = run_health(&l, ci, "not-the-password", 10);
 	ck_assert(!w.r.ok);
 	ck_assert_int_eq(w.r.error.code, PV_ERR_PG_CONNECT);
@@ -556,18 +376,18 @@ START_TEST(test_pg__wrong_password)
 	ck_assert_ptr_null(strchr(w.r.error.msg, '\n'));
 	ck_assert_ptr_null(strstr(w.r.error.msg, "not-the-password"));
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_pg__connection_refused)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct health_wait w;
 	char *ci = tcp_conninfo("127.0.0.1", closed_port());
 	double t0;
 
-	loop_init(&l, false);
+	pv_test_loop_init(&l, false);
 	t0 = pv_pg_now();
 	w = run_health(&l, ci, "vigil-secret", 10);
 	ck_assert(!w.r.ok);
@@ -575,20 +395,20 @@ START_TEST(test_pg__connection_refused)
 	ck_assert_msg(strstr(w.r.error.msg, "Connection refused") != NULL, "msg: %s", w.r.error.msg);
 	ck_assert(w.finished - t0 < 1.0);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_pg__unknown_host)
 {
-	struct loop l;
-	struct fake_dns d;
+	struct pv_test_loop l;
+	struct pv_test_dns d;
 	struct health_wait w;
-	char *ci = tcp_conninfo("nonexistent.invalid", pg_port);
+	char *ci = tcp_conninfo("nonexistent.invalid", cluster.port);
 	double t0;
 
-	loop_init(&l, false);
-	fake_dns_start(&d, &l);
+	pv_test_loop_init(&l, false);
+	pv_test_dns_start(&d, l.base, l.dns);
 	t0 = pv_pg_now();
 	w = run_health(&l, ci, "vigil-secret", 10);
 	ck_assert(!w.r.ok);
@@ -596,15 +416,15 @@ START_TEST(test_pg__unknown_host)
 	ck_assert_msg(strstr(w.r.error.msg, "could not translate host name \"nonexistent.invalid\"") != NULL,
 	              "msg: %s", w.r.error.msg);
 	ck_assert(w.finished - t0 < 2.0);
-	fake_dns_stop(&d);
+	pv_test_dns_stop(&d);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 /* The deadline fires on time while the rest of the loop keeps running. */
 static void
-assert_timeout_without_stall(struct loop *l, const char *conninfo, double timeout)
+assert_timeout_without_stall(struct pv_test_loop *l, const char *conninfo, double timeout)
 {
 	struct connect_wait w;
 	struct pv_error err;
@@ -614,10 +434,10 @@ assert_timeout_without_stall(struct loop *l, const char *conninfo, double timeou
 
 	memset(&w, 0, sizeof(w));
 	w.base = l->base;
-	loop_start_ticker(l);
+	pv_test_loop_start_ticker(l);
 	conn = pv_pg_connect(l->base, l->dns, conninfo, "vigil-secret", timeout, connect_cb, &w, &err);
 	ck_assert_ptr_nonnull(conn);
-	loop_run(l, timeout + 3);
+	pv_test_loop_run(l, timeout + 3);
 	elapsed = w.finished - t0;
 	ck_assert_int_eq(w.calls, 1);
 	ck_assert(!w.ok);
@@ -632,28 +452,28 @@ assert_timeout_without_stall(struct loop *l, const char *conninfo, double timeou
 
 START_TEST(test_pg__accept_never_answers)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct fake_pg f;
 	char *ci;
 
-	loop_init(&l, false);
+	pv_test_loop_init(&l, false);
 	fake_pg_start(&f, l.base, true);
 	ci = pv_asprintf("host=127.0.0.1 port=%d dbname=demo user=vigil", f.port);
 	assert_timeout_without_stall(&l, ci, 1.0);
 	ck_assert_int_ge(f.nfds, 1);
 	fake_pg_stop(&f);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_pg__stall_after_startup)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct fake_pg f;
 	char *ci;
 
-	loop_init(&l, false);
+	pv_test_loop_init(&l, false);
 	fake_pg_start(&f, l.base, false);
 	/* sslmode=prefer: the SSLRequest is refused with 'N' first, then the startup packet stalls. */
 	ci = pv_asprintf("host=127.0.0.1 port=%d dbname=demo user=vigil sslmode=prefer", f.port);
@@ -661,35 +481,35 @@ START_TEST(test_pg__stall_after_startup)
 	ck_assert(f.got_startup);
 	fake_pg_stop(&f);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_pg__dns_never_answers)
 {
-	struct loop l;
-	struct fake_dns d;
+	struct pv_test_loop l;
+	struct pv_test_dns d;
 	char *ci;
 
-	loop_init(&l, false);
-	fake_dns_start(&d, &l);
-	ci = tcp_conninfo("silent.pgvigil.test", pg_port);
+	pv_test_loop_init(&l, false);
+	pv_test_dns_start(&d, l.base, l.dns);
+	ci = tcp_conninfo("silent.pgvigil.test", cluster.port);
 	assert_timeout_without_stall(&l, ci, 1.0);
 	ck_assert_int_ge(d.queries, 1);
-	fake_dns_stop(&d);
+	pv_test_dns_stop(&d);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_pg__health_timeout)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct fake_pg f;
 	struct health_wait w;
 	char *ci;
 
-	loop_init(&l, false);
+	pv_test_loop_init(&l, false);
 	fake_pg_start(&f, l.base, false);
 	ci = pv_asprintf("host=127.0.0.1 port=%d dbname=demo user=vigil", f.port);
 	w = run_health(&l, ci, "vigil-secret", 1.0);
@@ -698,13 +518,13 @@ START_TEST(test_pg__health_timeout)
 	ck_assert_str_eq(w.r.error.msg, "connection timed out after 1.0s");
 	fake_pg_stop(&f);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 /* Count of pg_stat_activity rows for pid, as seen from another session. */
 static int
-backend_count(struct loop *l, struct pv_pg_conn *observer, int pid, const char *extra)
+backend_count(struct pv_test_loop *l, struct pv_pg_conn *observer, int pid, const char *extra)
 {
 	struct query_wait q;
 	char pidbuf[16];
@@ -719,16 +539,16 @@ backend_count(struct loop *l, struct pv_pg_conn *observer, int pid, const char *
 
 START_TEST(test_pg__query_deadline_ends_backend)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct connect_wait cw;
 	struct query_wait q;
 	struct pv_pg_conn *conn, *observer;
-	char *ci = pv_asprintf("host=%s port=%d dbname=demo user=vigil", pg_sock, pg_port);
+	char *ci = pv_asprintf("host=%s port=%d dbname=demo user=vigil", cluster.sock, cluster.port);
 	struct pv_error err;
 	double t0, deadline_at;
 	int pid, n = 1;
 
-	loop_init(&l, false);
+	pv_test_loop_init(&l, false);
 	observer = connect_sync(&l, ci, NULL, 10, &cw);
 	ck_assert_msg(cw.ok, "%s", cw.err.msg);
 	conn = connect_sync(&l, ci, NULL, 10, &cw);
@@ -746,7 +566,7 @@ START_TEST(test_pg__query_deadline_ends_backend)
 		usleep(50 * 1000);
 	ck_assert_int_eq(backend_count(&l, observer, pid, " AND state = 'active'"), 1);
 	ck_assert_int_eq(q.calls, 0);
-	loop_run(&l, 5);
+	pv_test_loop_run(&l, 5);
 	ck_assert_int_eq(q.calls, 1);
 	ck_assert(!q.ok);
 	ck_assert_int_eq(q.err.code, PV_ERR_PG_TIMEOUT);
@@ -770,19 +590,19 @@ START_TEST(test_pg__query_deadline_ends_backend)
 	pv_pg_close(conn);
 	pv_pg_close(observer);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_pg__query_error_keeps_connection)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct connect_wait cw;
 	struct query_wait q;
 	struct pv_pg_conn *conn;
-	char *ci = pv_asprintf("host=%s port=%d dbname=demo user=vigil", pg_sock, pg_port);
+	char *ci = pv_asprintf("host=%s port=%d dbname=demo user=vigil", cluster.sock, cluster.port);
 
-	loop_init(&l, false);
+	pv_test_loop_init(&l, false);
 	conn = connect_sync(&l, ci, NULL, 10, &cw);
 	ck_assert_msg(cw.ok, "%s", cw.err.msg);
 	query_sync(&l, conn, "SELECT 1/0", NULL, 5, &q);
@@ -797,7 +617,7 @@ START_TEST(test_pg__query_error_keeps_connection)
 	ck_assert_str_eq(q.value, "pgvigil");
 	pv_pg_close(conn);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
@@ -809,12 +629,12 @@ close_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 static void
-assert_close_silences(struct loop *l, const char *conninfo)
+assert_close_silences(struct pv_test_loop *l, const char *conninfo)
 {
 	struct connect_wait w;
 	struct pv_error err;
 	struct pv_pg_conn *conn;
-	struct timeval tv = tv_of(0.2);
+	struct timeval tv = pv_test_tv(0.2);
 	struct event *ev;
 
 	memset(&w, 0, sizeof(w));
@@ -823,57 +643,57 @@ assert_close_silences(struct loop *l, const char *conninfo)
 	ck_assert_ptr_nonnull(conn);
 	ev = evtimer_new(l->base, close_cb, conn);
 	evtimer_add(ev, &tv);
-	loop_run(l, 1.6);
+	pv_test_loop_run(l, 1.6);
 	ck_assert_int_eq(w.calls, 0);
 	event_free(ev);
 }
 
 START_TEST(test_pg__close_during_connect)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct fake_pg f;
 	char *ci;
 
-	loop_init(&l, false);
+	pv_test_loop_init(&l, false);
 	fake_pg_start(&f, l.base, false);
 	ci = pv_asprintf("host=127.0.0.1 port=%d dbname=demo user=vigil", f.port);
 	assert_close_silences(&l, ci);
 	ck_assert(f.got_startup);
 	fake_pg_stop(&f);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_pg__close_during_dns)
 {
-	struct loop l;
-	struct fake_dns d;
+	struct pv_test_loop l;
+	struct pv_test_dns d;
 	char *ci;
 
-	loop_init(&l, false);
-	fake_dns_start(&d, &l);
-	ci = tcp_conninfo("silent.pgvigil.test", pg_port);
+	pv_test_loop_init(&l, false);
+	pv_test_dns_start(&d, l.base, l.dns);
+	ci = tcp_conninfo("silent.pgvigil.test", cluster.port);
 	assert_close_silences(&l, ci);
 	ck_assert_int_ge(d.queries, 1);
-	fake_dns_stop(&d);
+	pv_test_dns_stop(&d);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_pg__close_during_query)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct connect_wait cw;
 	struct query_wait q;
 	struct pv_pg_conn *conn;
 	struct pv_error err;
-	struct timeval tv = tv_of(0.2);
+	struct timeval tv = pv_test_tv(0.2);
 	struct event *ev;
-	char *ci = pv_asprintf("host=%s port=%d dbname=demo user=vigil", pg_sock, pg_port);
+	char *ci = pv_asprintf("host=%s port=%d dbname=demo user=vigil", cluster.sock, cluster.port);
 
-	loop_init(&l, false);
+	pv_test_loop_init(&l, false);
 	conn = connect_sync(&l, ci, NULL, 10, &cw);
 	ck_assert_msg(cw.ok, "%s", cw.err.msg);
 	memset(&q, 0, sizeof(q));
@@ -881,11 +701,11 @@ START_TEST(test_pg__close_during_query)
 	ck_assert(pv_pg_query_start(conn, "SELECT pg_sleep(3)", 0, NULL, 1.0, query_cb, &q, &err));
 	ev = evtimer_new(l.base, close_cb, conn);
 	evtimer_add(ev, &tv);
-	loop_run(&l, 1.5);
+	pv_test_loop_run(&l, 1.5);
 	ck_assert_int_eq(q.calls, 0);
 	event_free(ev);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
@@ -897,15 +717,15 @@ cancel_cb(evutil_socket_t fd, short what, void *arg)
 
 START_TEST(test_pg__health_cancel)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct fake_pg f;
 	struct health_wait w;
 	struct pv_pg_health_op *op;
-	struct timeval tv = tv_of(0.2);
+	struct timeval tv = pv_test_tv(0.2);
 	struct event *ev;
 	char *ci;
 
-	loop_init(&l, false);
+	pv_test_loop_init(&l, false);
 	fake_pg_start(&f, l.base, true);
 	ci = pv_asprintf("host=127.0.0.1 port=%d dbname=demo user=vigil", f.port);
 	memset(&w, 0, sizeof(w));
@@ -913,23 +733,23 @@ START_TEST(test_pg__health_cancel)
 	op = pv_pg_health_start(l.base, l.dns, ci, NULL, 1.0, health_cb, &w);
 	ev = evtimer_new(l.base, cancel_cb, op);
 	evtimer_add(ev, &tv);
-	loop_run(&l, 1.6);
+	pv_test_loop_run(&l, 1.6);
 	ck_assert_int_eq(w.calls, 0);
 	pv_pg_health_cancel(NULL);
 	event_free(ev);
 	fake_pg_stop(&f);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_pg__bad_conninfo)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct pv_error err;
 	struct health_wait w;
 
-	loop_init(&l, false);
+	pv_test_loop_init(&l, false);
 	ck_assert_ptr_null(pv_pg_connect(l.base, l.dns, "host=x nosuchkey=1 password=hunter2", NULL, 1,
 	                                 connect_cb, NULL, &err));
 	ck_assert_int_eq(err.code, PV_ERR_PG_CONNECT);
@@ -939,7 +759,7 @@ START_TEST(test_pg__bad_conninfo)
 	w = run_health(&l, "host=x nosuchkey=1", NULL, 1);
 	ck_assert(!w.r.ok);
 	ck_assert_int_eq(w.r.error.code, PV_ERR_PG_CONNECT);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
@@ -1000,30 +820,30 @@ health_opts_cb(const struct pv_pg_health *r, void *arg)
 }
 
 static struct health_opts_wait
-run_health_opts(struct loop *l, const struct pv_pg_health_opts *o)
+run_health_opts(struct pv_test_loop *l, const struct pv_pg_health_opts *o)
 {
 	struct health_opts_wait w;
 	memset(&w, 0, sizeof(w));
 	w.base = l->base;
 	ck_assert_ptr_nonnull(pv_pg_health_start_opts(l->base, l->dns, o, health_opts_cb, &w));
 	ck_assert_int_eq(w.calls, 0);
-	loop_run(l, o->timeout + 5);
+	pv_test_loop_run(l, o->timeout + 5);
 	ck_assert_int_eq(w.calls, 1);
 	return w;
 }
 
 START_TEST(test_pg__health_schema_ok)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct health_opts_wait w;
 	char *crit[] = {"users", "public.group_trips", "\"private_bookings\"", " PUBLIC . USERS "};
 	struct pv_strv cv = {crit, 4};
 	struct pv_pg_health_opts o = {
 	        .password = "vigil-secret", .timeout = 10, .expected_tables = 4, .critical_tables = &cv};
-	char *ci = tcp_conninfo("127.0.0.1", pg_port);
+	char *ci = tcp_conninfo("127.0.0.1", cluster.port);
 
 	o.conninfo = ci;
-	loop_init(&l, false);
+	pv_test_loop_init(&l, false);
 	w = run_health_opts(&l, &o);
 	ck_assert_msg(w.r.ok, "health failed: %s", w.r.error.msg);
 	ck_assert(w.r.connected);
@@ -1035,21 +855,21 @@ START_TEST(test_pg__health_schema_ok)
 	ck_assert_int_eq(json_array_size(w.missing), 0);
 	json_decref(w.missing);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_pg__health_schema_mismatch)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct health_opts_wait w;
 	char *crit[] = {"users", "missing_one", "nosuch.users", "Users_Typo", "a", "b", "c", "d"};
 	struct pv_strv cv = {crit, 8};
 	struct pv_pg_health_opts o = {.timeout = 10, .expected_tables = 67, .critical_tables = &cv};
-	char *ci = pv_asprintf("host=%s port=%d dbname=demo user=vigil", pg_sock, pg_port);
+	char *ci = pv_asprintf("host=%s port=%d dbname=demo user=vigil", cluster.sock, cluster.port);
 
 	o.conninfo = ci;
-	loop_init(&l, false);
+	pv_test_loop_init(&l, false);
 	w = run_health_opts(&l, &o);
 	ck_assert(!w.r.ok);
 	ck_assert(w.r.connected);
@@ -1070,25 +890,25 @@ START_TEST(test_pg__health_schema_mismatch)
 	ck_assert_int_eq(json_array_size(w.missing), 0);
 	json_decref(w.missing);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 /* Each way a connection fails has its own class, and the message keeps libpq's or the server's words. */
 START_TEST(test_pg__health_error_classes)
 {
-	struct loop l;
-	struct fake_dns d;
+	struct pv_test_loop l;
+	struct pv_test_dns d;
 	struct fake_pg f;
 	struct health_opts_wait w;
 	struct pv_pg_health_opts o = {.password = "vigil-secret", .timeout = 5, .expected_tables = -1};
 	char *ci;
 
-	loop_init(&l, false);
-	fake_dns_start(&d, &l);
+	pv_test_loop_init(&l, false);
+	pv_test_dns_start(&d, l.base, l.dns);
 	fake_pg_start(&f, l.base, true);
 
-	ci = tcp_conninfo("127.0.0.1", pg_port);
+	ci = tcp_conninfo("127.0.0.1", cluster.port);
 	o.conninfo = ci;
 	o.password = "wrong";
 	w = run_health_opts(&l, &o);
@@ -1099,7 +919,7 @@ START_TEST(test_pg__health_error_classes)
 	o.password = "vigil-secret";
 	free(ci);
 
-	ci = pv_asprintf("host=127.0.0.1 port=%d dbname=demo user=vigil sslmode=require", pg_port);
+	ci = pv_asprintf("host=127.0.0.1 port=%d dbname=demo user=vigil sslmode=require", cluster.port);
 	o.conninfo = ci;
 	w = run_health_opts(&l, &o);
 	ck_assert_msg(strcmp(w.r.error_class, "tls") == 0, "%s: %s", w.r.error_class, w.r.error.msg);
@@ -1113,13 +933,13 @@ START_TEST(test_pg__health_error_classes)
 	ck_assert_msg(strstr(w.r.error.msg, "Connection refused"), "%s", w.r.error.msg);
 	free(ci);
 
-	ci = pv_asprintf("host=%s/nowhere port=%d dbname=demo user=vigil", pg_dir, pg_port);
+	ci = pv_asprintf("host=%s/nowhere port=%d dbname=demo user=vigil", cluster.dir, cluster.port);
 	o.conninfo = ci;
 	w = run_health_opts(&l, &o);
 	ck_assert_msg(strcmp(w.r.error_class, "refused") == 0, "%s: %s", w.r.error_class, w.r.error.msg);
 	free(ci);
 
-	ci = tcp_conninfo("nonexistent.invalid", pg_port);
+	ci = tcp_conninfo("nonexistent.invalid", cluster.port);
 	o.conninfo = ci;
 	w = run_health_opts(&l, &o);
 	ck_assert_str_eq(w.r.error_class, "dns");
@@ -1134,7 +954,7 @@ START_TEST(test_pg__health_error_classes)
 	ck_assert_str_eq(w.r.error.msg, "connection timed out after 1.0s");
 	free(ci);
 
-	ci = pv_asprintf("host=127.0.0.1 port=%d dbname=nosuchdb user=vigil sslmode=disable", pg_port);
+	ci = pv_asprintf("host=127.0.0.1 port=%d dbname=nosuchdb user=vigil sslmode=disable", cluster.port);
 	o.conninfo = ci;
 	o.timeout = 5;
 	w = run_health_opts(&l, &o);
@@ -1143,8 +963,8 @@ START_TEST(test_pg__health_error_classes)
 	free(ci);
 
 	fake_pg_stop(&f);
-	fake_dns_stop(&d);
-	loop_free(&l);
+	pv_test_dns_stop(&d);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
@@ -1213,32 +1033,6 @@ END_TEST
 
 /* ---- harness ---- */
 
-static int
-pgtmp(const char *args)
-{
-	const char *srcdir = getenv("srcdir");
-	char *cmd = pv_asprintf("%s/tests/lib/pgtmp %s >/dev/null", srcdir ? srcdir : ".", args);
-	int rc = system(cmd);
-	free(cmd);
-	return rc;
-}
-
-/* A TCP port on 127.0.0.1 that nothing listens on now (bound to 0, read, closed). */
-static int
-fixture_port(void)
-{
-	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t sl = sizeof(sa);
-	int fd = socket(AF_INET, SOCK_STREAM, 0), port = 0;
-
-	if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
-	    getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
-		port = ntohs(sa.sin_port);
-	if (fd >= 0)
-		close(fd);
-	return port > 0 ? port : 54000 + getpid() % 1000;
-}
-
 int
 main(void)
 {
@@ -1246,33 +1040,9 @@ main(void)
 	TCase *tc = tcase_create("core");
 	SRunner *sr;
 	int failed;
-	char *args;
-	int rc;
-	char tmpl[] = "/tmp/pgvigil-check-pg-XXXXXX";
 
-	if (mkdtemp(tmpl) == NULL) {
-		perror("mkdtemp");
+	if (!pv_test_cluster_start(&cluster, "check_pg"))
 		return EXIT_FAILURE;
-	}
-	pv_strlcpy(pg_dir, tmpl, sizeof(pg_dir));
-	snprintf(pg_sock, sizeof(pg_sock), "%s/sock", pg_dir);
-	/* A port the kernel says is free; another start takes it first now and then: try another. */
-	for (int attempt = 0;; attempt++) {
-		pg_port = fixture_port();
-		args = pv_asprintf("start %s %d", pg_dir, pg_port);
-		rc = pgtmp(args);
-		if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 75 || attempt == 4)
-			break;
-		free(args);
-	}
-	if (rc != 0) {
-		fprintf(stderr, "check_pg: could not start a throwaway PostgreSQL (tests/lib/pgtmp %s)\n",
-		        args);
-		free(args);
-		rmdir(pg_dir);
-		return EXIT_FAILURE;
-	}
-	free(args);
 
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, test_pg__health_tcp_password);
@@ -1306,8 +1076,6 @@ main(void)
 	failed = srunner_ntests_failed(sr);
 	srunner_free(sr);
 
-	args = pv_asprintf("stop %s", pg_dir);
-	pgtmp(args);
-	free(args);
+	pv_test_cluster_stop(&cluster);
 	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

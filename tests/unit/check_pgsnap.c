@@ -1,8 +1,5 @@
 /* Unit tests for src/pg/snapshot.c: exported snapshots, expected values, pg_dump round trip, measure. */
 #include <check.h>
-#include <arpa/inet.h>
-#include <sys/socket.h>
-#include <netinet/in.h>
 #include <fcntl.h>
 #include <glob.h>
 #include <regex.h>
@@ -23,10 +20,10 @@
 #include "pg/pg_internal.h"
 #include "util/mem.h"
 
+#include "testlib.h"
+
 /* Set in main() before the suite forks: one cluster for every test. */
-static char pg_dir[256];
-static char pg_sock[300];
-static int pg_port;
+static struct pv_test_cluster cluster;
 static char pg_bin[256];
 
 #define PASSWORD "vigil-secret"
@@ -110,7 +107,7 @@ static const char *const ALL_TABLES[] = {
 static PGconn *
 db_open(const char *db, const char *user)
 {
-	char *ci = pv_asprintf("host=%s port=%d dbname=%s user=%s", pg_sock, pg_port, db, user);
+	char *ci = pv_asprintf("host=%s port=%d dbname=%s user=%s", cluster.sock, cluster.port, db, user);
 	PGconn *c = PQconnectdb(ci);
 	free(ci);
 	return c;
@@ -173,90 +170,7 @@ db_number(const char *db, const char *sql)
 static char *
 tcp_conninfo(const char *db)
 {
-	return pv_asprintf("host=127.0.0.1 port=%d dbname=%s user=vigil sslmode=disable", pg_port, db);
-}
-
-/* ---- loop helpers ---- */
-
-struct loop {
-	struct event_base *base;
-	struct evdns_base *dns;
-	struct event *safety;
-	struct event *tick;
-	int ticks;
-	double last_tick;
-	double max_gap;
-};
-
-static void
-stop_cb(evutil_socket_t fd, short what, void *arg)
-{
-	event_base_loopbreak(arg);
-}
-
-static void
-tick_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct loop *l = arg;
-	double now = pv_pg_now();
-	if (now - l->last_tick > l->max_gap)
-		l->max_gap = now - l->last_tick;
-	l->last_tick = now;
-	l->ticks++;
-}
-
-static struct timeval
-tv_of(double s)
-{
-	struct timeval tv;
-	tv.tv_sec = (time_t)s;
-	tv.tv_usec = (suseconds_t)((s - (double)tv.tv_sec) * 1e6);
-	return tv;
-}
-
-static void
-loop_init(struct loop *l)
-{
-	memset(l, 0, sizeof(*l));
-	l->base = event_base_new();
-	ck_assert_ptr_nonnull(l->base);
-	l->dns = evdns_base_new(l->base, 0);
-	ck_assert_ptr_nonnull(l->dns);
-}
-
-/* A 100 ms ticker in the same loop: if anything blocks the loop, its gaps show it. */
-static void
-loop_start_ticker(struct loop *l)
-{
-	struct timeval tv = tv_of(0.1);
-	l->tick = event_new(l->base, -1, EV_PERSIST, tick_cb, l);
-	l->last_tick = pv_pg_now();
-	l->max_gap = 0;
-	l->ticks = 0;
-	event_add(l->tick, &tv);
-}
-
-static void
-loop_run(struct loop *l, double max)
-{
-	struct timeval tv = tv_of(max);
-	if (l->safety == NULL)
-		l->safety = evtimer_new(l->base, stop_cb, l->base);
-	evtimer_add(l->safety, &tv);
-	event_base_dispatch(l->base);
-	evtimer_del(l->safety);
-}
-
-static void
-loop_free(struct loop *l)
-{
-	if (l->tick)
-		event_free(l->tick);
-	if (l->safety)
-		event_free(l->safety);
-	event_base_loop(l->base, EVLOOP_NONBLOCK);
-	evdns_base_free(l->dns, 1);
-	event_base_free(l->base);
+	return pv_asprintf("host=127.0.0.1 port=%d dbname=%s user=vigil sslmode=disable", cluster.port, db);
 }
 
 /* ---- collectors ---- */
@@ -272,7 +186,7 @@ struct wait {
 };
 
 static void
-wait_reset(struct wait *w, struct loop *l)
+wait_reset(struct wait *w, struct pv_test_loop *l)
 {
 	memset(w, 0, sizeof(*w));
 	w->base = l->base;
@@ -334,7 +248,7 @@ strv_of(const char *const *v)
 
 /* Begin a snapshot on db and wait for it; asserts success. */
 static struct pv_pg_snapshot *
-snap_begin(struct loop *l, const char *db, const struct names *nm, double timeout)
+snap_begin(struct pv_test_loop *l, const char *db, const struct names *nm, double timeout)
 {
 	struct pv_pg_snapshot_opts o;
 	struct pv_strv s1, s2, s3, s4;
@@ -363,7 +277,7 @@ snap_begin(struct loop *l, const char *db, const struct names *nm, double timeou
 	snap = pv_pg_snapshot_begin(l->base, l->dns, &o, snap_cb, &w, &err);
 	ck_assert_msg(snap != NULL, "begin: %s", err.msg);
 	ck_assert_int_eq(w.calls, 0); /* never synchronous */
-	loop_run(l, timeout + 5);
+	pv_test_loop_run(l, timeout + 5);
 	ck_assert_int_eq(w.calls, 1);
 	ck_assert_msg(w.ok, "begin failed: %s", w.err.msg);
 	free(ci);
@@ -372,21 +286,21 @@ snap_begin(struct loop *l, const char *db, const struct names *nm, double timeou
 
 /* Run expect; returns the JSON or NULL with w filled. */
 static json_t *
-snap_expect(struct loop *l, struct pv_pg_snapshot *snap, struct wait *w, double max)
+snap_expect(struct pv_test_loop *l, struct pv_pg_snapshot *snap, struct wait *w, double max)
 {
 	struct pv_error err;
 
 	wait_reset(w, l);
 	ck_assert_msg(pv_pg_snapshot_expect(snap, expect_cb, w, &err), "expect: %s", err.msg);
 	ck_assert_int_eq(w->calls, 0);
-	loop_run(l, max);
+	pv_test_loop_run(l, max);
 	ck_assert_int_eq(w->calls, 1);
 	return w->json;
 }
 
 /* Begin, expect, end; asserts success. */
 static json_t *
-expect_of(struct loop *l, const char *db, const struct names *nm)
+expect_of(struct pv_test_loop *l, const char *db, const struct names *nm)
 {
 	struct wait w;
 	struct pv_pg_snapshot *snap = snap_begin(l, db, nm, 10);
@@ -397,7 +311,7 @@ expect_of(struct loop *l, const char *db, const struct names *nm)
 }
 
 static json_t *
-measure_of(struct loop *l, const char *db, const json_t *expected, double timeout, struct wait *w)
+measure_of(struct pv_test_loop *l, const char *db, const json_t *expected, double timeout, struct wait *w)
 {
 	struct pv_error err;
 	char *ci = tcp_conninfo(db);
@@ -407,7 +321,7 @@ measure_of(struct loop *l, const char *db, const json_t *expected, double timeou
 	op = pv_pg_measure_start(l->base, l->dns, ci, PASSWORD, timeout, expected, measure_cb, w, &err);
 	ck_assert_msg(op != NULL, "measure: %s", err.msg);
 	ck_assert_int_eq(w->calls, 0);
-	loop_run(l, timeout + 30);
+	pv_test_loop_run(l, timeout + 30);
 	ck_assert_int_eq(w->calls, 1);
 	free(ci);
 	return w->json;
@@ -450,7 +364,7 @@ run_child(char *const argv[], const char *out_path, char *errout, size_t errsize
 	int status = 0, fd;
 	ssize_t n;
 
-	snprintf(errpath, sizeof(errpath), "%s/child.err", pg_dir);
+	snprintf(errpath, sizeof(errpath), "%s/child.err", cluster.dir);
 	pid = fork();
 	ck_assert_int_ge(pid, 0);
 	if (pid == 0) {
@@ -551,13 +465,13 @@ END_TEST
 
 START_TEST(test_pgsnap__snapshot_id_and_version)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct pv_pg_snapshot *snap;
 	regex_t re;
 	PGconn *other;
 	char *sql;
 
-	loop_init(&l);
+	pv_test_loop_init(&l, false);
 	snap = snap_begin(&l, "snapsrc", NULL, 10);
 	ck_assert_int_eq(regcomp(&re, "^[0-9A-F]{8}-[0-9A-F]{8}-[0-9]+$", REG_EXTENDED), 0);
 	ck_assert_msg(regexec(&re, pv_pg_snapshot_id(snap), 0, NULL, 0) == 0, "id %s",
@@ -588,19 +502,19 @@ START_TEST(test_pgsnap__snapshot_id_and_version)
 	PQfinish(other);
 	free(sql);
 	pv_pg_snapshot_end(NULL);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_pgsnap__expected_values)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct names nm = {.exclude_table_data = {"audit_log"},
 	                   .critical = {"users", "items", "sales.orders"}};
 	json_t *a, *b, *tables, *excluded;
 	double t0, t_expect;
 
-	loop_init(&l);
+	pv_test_loop_init(&l, false);
 	t0 = pv_pg_now();
 	a = expect_of(&l, "snapsrc", &nm);
 	t_expect = pv_pg_now() - t0;
@@ -656,18 +570,18 @@ START_TEST(test_pgsnap__expected_values)
 	        NALL, t_expect);
 	json_decref(a);
 	json_decref(b);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_pgsnap__hash_changes_with_one_byte)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct names nm = {.critical = {"users", "items"}};
 	struct wait w;
 	json_t *a, *b, *m;
 
-	loop_init(&l);
+	pv_test_loop_init(&l, false);
 	a = expect_of(&l, "snap_hash", &nm);
 	/* One byte in the middle of one TOASTed value of one row. */
 	sql_ok("snap_hash", "vigil",
@@ -694,14 +608,14 @@ START_TEST(test_pgsnap__hash_changes_with_one_byte)
 	json_decref(a);
 	json_decref(b);
 	json_decref(m);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 /* The end-to-end proof: what pg_dump --snapshot writes restores to exactly the expected values. */
 START_TEST(test_pgsnap__isolation_and_pg_dump_round_trip)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct names nm = {.exclude_table_data = {"audit_log"},
 	                   .critical = {"users", "items", "sales.orders", "\"Mixed Schema\".\"Weird.Name\""}};
 	struct pv_pg_snapshot *snap;
@@ -711,7 +625,7 @@ START_TEST(test_pgsnap__isolation_and_pg_dump_round_trip)
 	double t0, t_expect, t_dump, t_restore, t_measure;
 	int rc;
 
-	loop_init(&l);
+	pv_test_loop_init(&l, false);
 	snap = snap_begin(&l, "snap_iso", &nm, 10);
 	/* Committed after the export, by another session: invisible in the snapshot. */
 	sql_ok("snap_iso", "vigil",
@@ -733,8 +647,8 @@ START_TEST(test_pgsnap__isolation_and_pg_dump_round_trip)
 	ck_assert_int_eq(count_of(exp, "public.audit_log"), 0);
 	ck_assert_int_eq(count_of(exp, "scratch.audit_log"), 2);
 	/* pg_dump in the snapshot, as the backup job runs it: configured names passed as they are. */
-	snprintf(dump, sizeof(dump), "%s/round.dump", pg_dir);
-	snprintf(port, sizeof(port), "%d", pg_port);
+	snprintf(dump, sizeof(dump), "%s/round.dump", cluster.dir);
+	snprintf(port, sizeof(port), "%d", cluster.port);
 	snaparg = pv_asprintf("--snapshot=%s", pv_pg_snapshot_id(snap));
 	exclarg = pv_asprintf("--exclude-table-data=%s", nm.exclude_table_data[0]);
 	{
@@ -798,13 +712,13 @@ START_TEST(test_pgsnap__isolation_and_pg_dump_round_trip)
 	json_decref(exp);
 	free(snaparg);
 	free(exclarg);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_pgsnap__schema_filters)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	/* pg_dump would not exclude an unqualified order_lines here (not on the search path): neither do we.
 	 */
 	struct names inc = {.schemas = {"sales", "\"Mixed Schema\""},
@@ -819,7 +733,7 @@ START_TEST(test_pgsnap__schema_filters)
 	                                       "sales.orders_2024"};
 	json_t *j, *t;
 
-	loop_init(&l);
+	pv_test_loop_init(&l, false);
 	j = expect_of(&l, "snapsrc", &inc);
 	t = json_object_get(j, "tables");
 	ck_assert_int_eq(json_array_size(t), 5);
@@ -842,13 +756,13 @@ START_TEST(test_pgsnap__schema_filters)
 	ck_assert_int_eq(count_of(j, "public.audit_log"), 300);
 	ck_assert_int_eq(json_object_size(json_object_get(j, "critical_table_hashes")), 0);
 	json_decref(j);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_pgsnap__critical_table_errors)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct names missing = {.critical = {"users", "nosuch"}};
 	struct names qualified = {.critical = {"sales.users"}};
 	struct names filtered = {.exclude_schemas = {"sales"}, .critical = {"sales.orders"}};
@@ -861,7 +775,7 @@ START_TEST(test_pgsnap__critical_table_errors)
 	struct pv_strv s;
 	char *ci;
 
-	loop_init(&l);
+	pv_test_loop_init(&l, false);
 	snap = snap_begin(&l, "snapsrc", &missing, 10);
 	ck_assert_ptr_null(snap_expect(&l, snap, &w, 10));
 	ck_assert_int_eq(w.err.code, PV_ERR_NOT_FOUND);
@@ -907,18 +821,18 @@ START_TEST(test_pgsnap__critical_table_errors)
 	ck_assert_int_eq(err.code, PV_ERR_CONFIG_VALUE);
 	ck_assert_msg(strstr(err.msg, "invalid name \"a.b.c\"") != NULL, "%s", err.msg);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_pgsnap__measure_shows_differences)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct names nm = {.critical = {"users", "items", "scratch.tmp"}};
 	struct wait w;
 	json_t *exp, *m, *h;
 
-	loop_init(&l);
+	pv_test_loop_init(&l, false);
 	exp = expect_of(&l, "snap_diff", &nm);
 	sql_ok("snap_diff", "vigil",
 	       "DROP TABLE scratch.tmp; UPDATE users SET email = 'changed@example.com' WHERE id = 5;"
@@ -949,7 +863,7 @@ START_TEST(test_pgsnap__measure_shows_differences)
 		ck_assert_msg(strstr(err.msg, "pgvigil-rowhash-v1") != NULL, "%s", err.msg);
 		json_decref(bad);
 	}
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
@@ -966,7 +880,7 @@ lock_users(const char *db)
 /* A count that blocks behind a lock ends at the deadline, and the loop stays live meanwhile. */
 START_TEST(test_pgsnap__deadline_on_blocked_count)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct pv_pg_snapshot *snap;
 	struct wait w;
 	struct pv_error err;
@@ -974,12 +888,12 @@ START_TEST(test_pgsnap__deadline_on_blocked_count)
 	json_t *exp;
 	double t0, elapsed;
 
-	loop_init(&l);
+	pv_test_loop_init(&l, false);
 	/* Expected values for measure below, taken before the lock. */
 	exp = expect_of(&l, "snap_lock", NULL);
 	snap = snap_begin(&l, "snap_lock", NULL, 1.0);
 	locker = lock_users("snap_lock");
-	loop_start_ticker(&l);
+	pv_test_loop_start_ticker(&l);
 	t0 = pv_pg_now();
 	ck_assert_ptr_null(snap_expect(&l, snap, &w, 5));
 	elapsed = w.finished - t0;
@@ -1004,7 +918,7 @@ START_TEST(test_pgsnap__deadline_on_blocked_count)
 	db_exec(locker, "ROLLBACK");
 	PQfinish(locker);
 	json_decref(exp);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
@@ -1023,19 +937,19 @@ cancel_measure_cb(evutil_socket_t fd, short what, void *arg)
 /* end() and cancel() at any moment: no callback afterwards, nothing leaks (ASan). */
 START_TEST(test_pgsnap__end_during_operation)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct pv_pg_snapshot *snap;
 	struct pv_pg_measure_op *op;
 	struct pv_pg_snapshot_opts o;
 	struct wait w, e;
 	struct pv_error err;
-	struct timeval tv = tv_of(0.3);
+	struct timeval tv = pv_test_tv(0.3);
 	struct event *ev;
 	PGconn *locker;
 	json_t *exp;
 	char *ci = tcp_conninfo("snap_lock");
 
-	loop_init(&l);
+	pv_test_loop_init(&l, false);
 	exp = expect_of(&l, "snap_lock", NULL);
 
 	/* During the connect. */
@@ -1047,7 +961,7 @@ START_TEST(test_pgsnap__end_during_operation)
 	snap = pv_pg_snapshot_begin(l.base, l.dns, &o, snap_cb, &w, &err);
 	ck_assert_ptr_nonnull(snap);
 	pv_pg_snapshot_end(snap);
-	loop_run(&l, 0.5);
+	pv_test_loop_run(&l, 0.5);
 	ck_assert_int_eq(w.calls, 0);
 
 	/* During expect, blocked on a lock, before its 1 s deadline. */
@@ -1059,7 +973,7 @@ START_TEST(test_pgsnap__end_during_operation)
 	ck_assert_msg(strstr(err.msg, "busy") != NULL, "%s", err.msg);
 	ev = evtimer_new(l.base, end_snap_cb, snap);
 	evtimer_add(ev, &tv);
-	loop_run(&l, 1.6);
+	pv_test_loop_run(&l, 1.6);
 	ck_assert_int_eq(e.calls, 0);
 	event_free(ev);
 
@@ -1069,7 +983,7 @@ START_TEST(test_pgsnap__end_during_operation)
 	ck_assert_ptr_nonnull(op);
 	ev = evtimer_new(l.base, cancel_measure_cb, op);
 	evtimer_add(ev, &tv);
-	loop_run(&l, 1.6);
+	pv_test_loop_run(&l, 1.6);
 	ck_assert_int_eq(w.calls, 0);
 	event_free(ev);
 	pv_pg_measure_cancel(NULL);
@@ -1078,20 +992,20 @@ START_TEST(test_pgsnap__end_during_operation)
 	PQfinish(locker);
 	json_decref(exp);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 START_TEST(test_pgsnap__connect_failures)
 {
-	struct loop l;
+	struct pv_test_loop l;
 	struct pv_pg_snapshot_opts o;
 	struct pv_pg_snapshot *snap;
 	struct wait w;
 	struct pv_error err;
 	char *ci = tcp_conninfo("snapsrc");
 
-	loop_init(&l);
+	pv_test_loop_init(&l, false);
 	memset(&o, 0, sizeof(o));
 	o.conninfo = ci;
 	o.password = "not-the-password";
@@ -1099,7 +1013,7 @@ START_TEST(test_pgsnap__connect_failures)
 	wait_reset(&w, &l);
 	snap = pv_pg_snapshot_begin(l.base, l.dns, &o, snap_cb, &w, &err);
 	ck_assert_ptr_nonnull(snap);
-	loop_run(&l, 6);
+	pv_test_loop_run(&l, 6);
 	ck_assert_int_eq(w.calls, 1);
 	ck_assert(!w.ok);
 	ck_assert_int_eq(w.err.code, PV_ERR_PG_CONNECT);
@@ -1112,21 +1026,11 @@ START_TEST(test_pgsnap__connect_failures)
 	ck_assert_ptr_null(pv_pg_snapshot_begin(l.base, l.dns, &o, snap_cb, &w, &err));
 	ck_assert_int_eq(err.code, PV_ERR_PG_CONNECT);
 	free(ci);
-	loop_free(&l);
+	pv_test_loop_free(&l);
 }
 END_TEST
 
 /* ---- harness ---- */
-
-static int
-pgtmp(const char *args)
-{
-	const char *srcdir = getenv("srcdir");
-	char *cmd = pv_asprintf("%s/tests/lib/pgtmp %s >/dev/null", srcdir ? srcdir : ".", args);
-	int rc = system(cmd);
-	free(cmd);
-	return rc;
-}
 
 /* pg_dump/pg_restore of at least the server's major: PG_BIN_DIR, else the newest installed. */
 static bool
@@ -1176,22 +1080,6 @@ make_fixture(void)
 	return true;
 }
 
-/* A TCP port on 127.0.0.1 that nothing listens on now (bound to 0, read, closed). */
-static int
-fixture_port(void)
-{
-	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t sl = sizeof(sa);
-	int fd = socket(AF_INET, SOCK_STREAM, 0), port = 0;
-
-	if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
-	    getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
-		port = ntohs(sa.sin_port);
-	if (fd >= 0)
-		close(fd);
-	return port > 0 ? port : 54000 + getpid() % 1000;
-}
-
 int
 main(void)
 {
@@ -1200,41 +1088,15 @@ main(void)
 	TCase *tc = tcase_create("server");
 	SRunner *sr;
 	int failed;
-	char *args;
-	int rc;
-	char tmpl[] = "/tmp/pgvigil-check-pgsnap-XXXXXX";
 
 	if (!find_pg_bin()) {
 		fprintf(stderr, "check_pgsnap: pg_dump not found: install the Debian package 'postgresql'\n");
 		return EXIT_FAILURE;
 	}
-	if (mkdtemp(tmpl) == NULL) {
-		perror("mkdtemp");
+	if (!pv_test_cluster_start(&cluster, "check_pgsnap"))
 		return EXIT_FAILURE;
-	}
-	pv_strlcpy(pg_dir, tmpl, sizeof(pg_dir));
-	snprintf(pg_sock, sizeof(pg_sock), "%s/sock", pg_dir);
-	/* A port the kernel says is free; another start takes it first now and then: try another. */
-	for (int attempt = 0;; attempt++) {
-		pg_port = fixture_port();
-		args = pv_asprintf("start %s %d", pg_dir, pg_port);
-		rc = pgtmp(args);
-		if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 75 || attempt == 4)
-			break;
-		free(args);
-	}
-	if (rc != 0) {
-		fprintf(stderr, "check_pgsnap: could not start a throwaway PostgreSQL (tests/lib/pgtmp %s)\n",
-		        args);
-		free(args);
-		rmdir(pg_dir);
-		return EXIT_FAILURE;
-	}
-	free(args);
 	if (!make_fixture()) {
-		args = pv_asprintf("stop %s", pg_dir);
-		pgtmp(args);
-		free(args);
+		pv_test_cluster_stop(&cluster);
 		return EXIT_FAILURE;
 	}
 
@@ -1258,8 +1120,6 @@ main(void)
 	failed = srunner_ntests_failed(sr);
 	srunner_free(sr);
 
-	args = pv_asprintf("stop %s", pg_dir);
-	pgtmp(args);
-	free(args);
+	pv_test_cluster_stop(&cluster);
 	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
