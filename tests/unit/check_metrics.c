@@ -24,6 +24,7 @@
 #include "state/state.h"
 #include "util/error.h"
 #include "util/mem.h"
+#include "testlib.h"
 
 #define NOW  ((time_t)1800000000) /* 2027-01-15T08:00:00Z */
 #define HOUR 3600
@@ -800,6 +801,90 @@ START_TEST(test_metrics__http_paths_methods_and_moves)
 }
 END_TEST
 
+static bool
+address_is(struct pv_metrics *m, const char *want)
+{
+	const char *a = pv_metrics_address(m);
+	return a != NULL && strcmp(a, want) == 0;
+}
+
+/* Run the loop in short slices until the endpoint serves `want`, at most max seconds. */
+static bool
+run_until_address(struct pv_test_loop *l, struct pv_metrics *m, const char *want, double max)
+{
+	for (double t = 0; t < max && !address_is(m, want); t += 0.05)
+		pv_test_loop_run(l, 0.05);
+	return address_is(m, want);
+}
+
+/*
+ * With a DNS base, a move to a name is looked up off the loop: the old address serves until the answer
+ * comes; NXDOMAIN leaves it serving; a newer move cancels a lookup under way; freeing the endpoint with
+ * one under way leaks nothing (the sanitizer build checks).
+ */
+START_TEST(test_metrics__named_address_looked_up_async)
+{
+	struct fx fx = fx_open();
+	struct pv_test_loop l;
+	struct pv_test_dns dns;
+	struct pv_error err = {0};
+	struct pv_metrics *m;
+	char a1[64], named[96], bad[96], silent[96];
+	int p1 = free_port(), p2 = free_port(), queries;
+	char *resp;
+
+	pv_test_loop_init(&l, false);
+	pv_test_dns_start(&dns, l.base, l.dns);
+	snprintf(a1, sizeof(a1), "127.0.0.1:%d", p1);
+	m = pv_metrics_new(l.base, a1, view_fn, &fx, &err);
+	ck_assert_msg(m != NULL, "%s", err.msg);
+	pv_metrics_set_dns(m, l.dns);
+
+	snprintf(named, sizeof(named), "db.pgvigil.test:%d", p2);
+	ck_assert(pv_metrics_listen(m, named, &err));
+	ck_assert(address_is(m, a1)); /* nothing moved before the answer */
+	ck_assert_msg(run_until_address(&l, m, named, 5), "still at %s", pv_metrics_address(m));
+	ck_assert_int_ge(dns.queries, 1);
+	resp = http_request(l.base, p2, "GET /metrics HTTP/1.0\r\n\r\n");
+	ck_assert_msg(strstr(resp, " 200 ") != NULL, "after the move: %.300s", resp);
+	free(resp);
+	resp = http_request(l.base, p1, "GET /metrics HTTP/1.0\r\n\r\n");
+	ck_assert_str_eq(resp, ""); /* the old address is closed */
+	free(resp);
+
+	/* NXDOMAIN: the endpoint stays where it is. */
+	queries = dns.queries;
+	snprintf(bad, sizeof(bad), "nonexistent.invalid:%d", p1);
+	ck_assert(pv_metrics_listen(m, bad, &err));
+	for (double t = 0; t < 5 && dns.queries == queries; t += 0.05)
+		pv_test_loop_run(&l, 0.05);
+	pv_test_loop_run(&l, 0.3);
+	ck_assert_int_gt(dns.queries, queries);
+	ck_assert(address_is(m, named));
+	resp = http_request(l.base, p2, "GET /metrics HTTP/1.0\r\n\r\n");
+	ck_assert_msg(strstr(resp, " 200 ") != NULL, "after a failed lookup: %.300s", resp);
+	free(resp);
+
+	/* A lookup that never ends is cancelled by the next move, which wins. */
+	snprintf(silent, sizeof(silent), "silent.pgvigil.test:%d", p1);
+	ck_assert(pv_metrics_listen(m, silent, &err));
+	pv_test_loop_run(&l, 0.2);
+	ck_assert(address_is(m, named));
+	ck_assert_msg(pv_metrics_listen(m, a1, &err), "%s", err.msg);
+	ck_assert(address_is(m, a1));
+	pv_test_loop_run(&l, 0.3);
+	ck_assert(address_is(m, a1));
+
+	/* Freed with a lookup under way. */
+	ck_assert(pv_metrics_listen(m, silent, &err));
+	pv_test_loop_run(&l, 0.1);
+	pv_metrics_free(m);
+	pv_test_dns_stop(&dns);
+	pv_test_loop_free(&l);
+	fx_close(&fx);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -816,6 +901,7 @@ main(void)
 	tcase_add_test(tc, test_metrics__run_counts_carried_between_scrapes);
 	tcase_add_test(tc, test_metrics__state_failure_counted_not_fatal);
 	tcase_add_test(tc, test_metrics__http_paths_methods_and_moves);
+	tcase_add_test(tc, test_metrics__named_address_looked_up_async);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
