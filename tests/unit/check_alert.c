@@ -1,6 +1,5 @@
 /* Unit tests for src/alert: every rule at its exact threshold, the alert state machine, silences, JSON. */
 #include <check.h>
-#include <ftw.h>
 #include <jansson.h>
 #include <limits.h>
 #include <stdio.h>
@@ -15,6 +14,8 @@
 #include "state/state.h"
 #include "util/error.h"
 #include "util/mem.h"
+
+#include "testlib.h"
 
 #define NOW  ((time_t)1800000000) /* 2027-01-15T08:00:00Z */
 #define MIN  60
@@ -1076,31 +1077,11 @@ END_TEST
 
 /* ---- snapshot from the state database ---- */
 
-/* Made by an unchecked fixture (Check's fork mode skips checked teardown on failure). */
-static char base_dir[PATH_MAX];
-
+/* The directory for this binary's state databases, removed even when a forked test fails (testlib.h). */
 static void
 base_setup(void)
 {
-	const char *tmp = getenv("TMPDIR");
-
-	snprintf(base_dir, sizeof(base_dir), "%s/pgvigil-check-alert-XXXXXX", tmp != NULL ? tmp : "/tmp");
-	if (mkdtemp(base_dir) == NULL) {
-		perror("mkdtemp");
-		abort();
-	}
-}
-
-static int
-remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
-static void
-base_teardown(void)
-{
-	nftw(base_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+	pv_test_tmpdir_setup("check_alert");
 }
 
 static void
@@ -1134,7 +1115,7 @@ START_TEST(test_alert__snapshot_health_per_database)
 	char path[PATH_MAX + 16];
 
 	ck_assert_msg(cfg != NULL, "config: %s", err.msg);
-	snprintf(path, sizeof(path), "%s/state.db", base_dir);
+	snprintf(path, sizeof(path), "%s/state.db", pv_test_tmpdir());
 	ck_assert_msg(pv_state_open(path, &st, &err), "%s", err.msg);
 	snap_run(st, "ha1", "a", NOW - 100, "{\"connected\":true}");
 	snap_run(st, "ha2", "a", NOW - 50, "{\"connected\":false,\"failing_since\":1799999800}");
@@ -1196,7 +1177,7 @@ main(void)
 	                    sizeof(bad_json) / sizeof(bad_json[0]));
 	suite_add_tcase(s, tc);
 	tc = tcase_create("snapshot");
-	tcase_add_unchecked_fixture(tc, base_setup, base_teardown);
+	tcase_add_unchecked_fixture(tc, base_setup, pv_test_tmpdir_teardown);
 	tcase_add_test(tc, test_alert__snapshot_health_per_database);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);

@@ -2,7 +2,6 @@
  * series, values from a real temporary state database) and the HTTP endpoint on a real event loop. */
 #include <check.h>
 #include <errno.h>
-#include <ftw.h>
 #include <limits.h>
 #include <math.h>
 #include <netinet/in.h>
@@ -12,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -70,32 +68,11 @@ static const char *const SPEC_FAMILIES[][2] = {
         {"pgvigil_job_runs_total", "counter"},
 };
 
-/* Check runs unchecked fixtures in the parent once per TCase, so the base directory is removed even
- * when a test fails in its forked child; each test makes its own subdirectory under it. */
-static char base_dir[PATH_MAX];
-
+/* The directory for this binary's state databases, removed even when a forked test fails (testlib.h). */
 static void
 base_setup(void)
 {
-	const char *tmp = getenv("TMPDIR");
-
-	snprintf(base_dir, sizeof(base_dir), "%s/pgvigil-check-metrics-XXXXXX", tmp != NULL ? tmp : "/tmp");
-	if (mkdtemp(base_dir) == NULL) {
-		perror("mkdtemp");
-		abort();
-	}
-}
-
-static int
-remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
-static void
-base_teardown(void)
-{
-	nftw(base_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+	pv_test_tmpdir_setup("check_metrics");
 }
 
 struct fx {
@@ -113,8 +90,7 @@ fx_open(void)
 	struct pv_config_diag diag = {0};
 	char dir[PATH_MAX];
 
-	snprintf(dir, sizeof(dir), "%s/t-XXXXXX", base_dir);
-	ck_assert_ptr_nonnull(mkdtemp(dir));
+	pv_test_tmpdir_sub(dir, sizeof(dir));
 	snprintf(fx.path, sizeof(fx.path), "%s/state.db", dir);
 	if (!pv_state_open(fx.path, &fx.st, &err))
 		ck_abort_msg("pv_state_open(%s): %s", fx.path, err.msg);
@@ -893,7 +869,7 @@ main(void)
 	SRunner *sr;
 	int failed;
 
-	tcase_add_unchecked_fixture(tc, base_setup, base_teardown);
+	tcase_add_unchecked_fixture(tc, base_setup, pv_test_tmpdir_teardown);
 	tcase_add_test(tc, test_metrics__escape_label);
 	tcase_add_test(tc, test_metrics__empty_state_has_every_family);
 	tcase_add_test(tc, test_metrics__values_from_state);

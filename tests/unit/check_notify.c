@@ -8,7 +8,6 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <jansson.h>
 #include <limits.h>
 #include <netinet/in.h>
@@ -19,7 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,32 +30,15 @@
 #include "util/log.h"
 #include "util/mem.h"
 
-/* ---- temporary directories (removed by the parent even when a forked test fails) ---- */
+#include "testlib.h"
 
-static char base_dir[PATH_MAX];
+/* ---- temporary directories ---- */
 
+/* The directory for this binary's state databases, removed even when a forked test fails (testlib.h). */
 static void
 base_setup(void)
 {
-	const char *tmp = getenv("TMPDIR");
-
-	snprintf(base_dir, sizeof(base_dir), "%s/pgvigil-check-notify-XXXXXX", tmp != NULL ? tmp : "/tmp");
-	if (mkdtemp(base_dir) == NULL) {
-		perror("mkdtemp");
-		abort();
-	}
-}
-
-static int
-remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
-static void
-base_teardown(void)
-{
-	nftw(base_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+	pv_test_tmpdir_setup("check_notify");
 }
 
 static void
@@ -65,8 +46,7 @@ test_db_path(char *path, size_t size)
 {
 	char dir[PATH_MAX];
 
-	snprintf(dir, sizeof(dir), "%s/t-XXXXXX", base_dir);
-	ck_assert_ptr_nonnull(mkdtemp(dir));
+	pv_test_tmpdir_sub(dir, sizeof(dir));
 	snprintf(path, size, "%s/state.db", dir);
 }
 
@@ -1513,7 +1493,7 @@ main(void)
 	signal(SIGPIPE, SIG_IGN);
 	/* Warnings and errors only: the tests that assert on log lines capture them. */
 	pv_log_set_level(PV_LOG_WARNING);
-	tcase_add_unchecked_fixture(tc, base_setup, base_teardown);
+	tcase_add_unchecked_fixture(tc, base_setup, pv_test_tmpdir_teardown);
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, test_notify__slack_format);
 	tcase_add_test(tc, test_notify__slack_size_limits);
@@ -1538,7 +1518,7 @@ main(void)
 	tcase_add_test(tc, test_notify__payload_keeps_thread_and_text);
 	suite_add_tcase(s, tc);
 
-	tcase_add_unchecked_fixture(slow, base_setup, base_teardown);
+	tcase_add_unchecked_fixture(slow, base_setup, pv_test_tmpdir_teardown);
 	tcase_set_timeout(slow, 180);
 	tcase_add_test(slow, test_notify__slack_rate_limit_per_webhook);
 	tcase_add_test(slow, test_notify__throughput_1000);

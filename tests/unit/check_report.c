@@ -1,12 +1,10 @@
 /* Unit tests for src/ctl/report.c: achieved RPO/RTO, readiness headlines and the Markdown report, on a real
  * temporary state database filled through pv_state_*. */
 #include <check.h>
-#include <ftw.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -15,6 +13,8 @@
 #include "state/state.h"
 #include "util/error.h"
 #include "util/mem.h"
+
+#include "testlib.h"
 
 #define NOW  ((time_t)1800000000) /* 2027-01-15T08:00:00Z */
 #define MIN  60
@@ -46,32 +46,11 @@ static const char CONFIG[] =
         "  storage: { type: storage, every: 15m }\n"
         "  other-bk: { type: backup, database: other, schedule: \"0 3 * * *\", keep: 2 }\n";
 
-/* Check runs unchecked fixtures in the parent once per TCase, so the base directory is removed even
- * when a test fails in its forked child; each test makes its own subdirectory under it. */
-static char base_dir[PATH_MAX];
-
+/* The directory for this binary's state databases, removed even when a forked test fails (testlib.h). */
 static void
 base_setup(void)
 {
-	const char *tmp = getenv("TMPDIR");
-
-	snprintf(base_dir, sizeof(base_dir), "%s/pgvigil-check-report-XXXXXX", tmp != NULL ? tmp : "/tmp");
-	if (mkdtemp(base_dir) == NULL) {
-		perror("mkdtemp");
-		abort();
-	}
-}
-
-static int
-remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
-static void
-base_teardown(void)
-{
-	nftw(base_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+	pv_test_tmpdir_setup("check_report");
 }
 
 struct fx {
@@ -88,8 +67,7 @@ fx_open(void)
 	struct pv_config_diag diag = {0};
 	char dir[PATH_MAX], path[PATH_MAX + 16];
 
-	snprintf(dir, sizeof(dir), "%s/t-XXXXXX", base_dir);
-	ck_assert_ptr_nonnull(mkdtemp(dir));
+	pv_test_tmpdir_sub(dir, sizeof(dir));
 	snprintf(path, sizeof(path), "%s/state.db", dir);
 	if (!pv_state_open(path, &fx.st, &err))
 		ck_abort_msg("pv_state_open(%s): %s", path, err.msg);
@@ -700,7 +678,7 @@ main(void)
 	SRunner *sr;
 	int failed;
 
-	tcase_add_unchecked_fixture(tc, base_setup, base_teardown);
+	tcase_add_unchecked_fixture(tc, base_setup, pv_test_tmpdir_teardown);
 	tcase_add_test(tc, test_report__rpo_none);
 	tcase_add_test(tc, test_report__rpo_newest_verified_only);
 	tcase_add_test(tc, test_report__rpo_breach);

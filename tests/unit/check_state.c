@@ -3,7 +3,6 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
@@ -20,40 +19,20 @@
 #include "util/error.h"
 #include "util/mem.h"
 
-/* Check runs unchecked fixtures in the parent once per TCase, so the base directory is removed even
- * when a test fails in its forked child; each test makes its own subdirectory under it. */
-static char base_dir[PATH_MAX];
+#include "testlib.h"
 
+/* The directory for this binary's state databases, removed even when a forked test fails (testlib.h). */
 static void
 base_setup(void)
 {
-	const char *tmp = getenv("TMPDIR");
-
-	snprintf(base_dir, sizeof(base_dir), "%s/pgvigil-check-state-XXXXXX", tmp != NULL ? tmp : "/tmp");
-	if (mkdtemp(base_dir) == NULL) {
-		perror("mkdtemp");
-		abort();
-	}
-}
-
-static int
-remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
-static void
-base_teardown(void)
-{
-	nftw(base_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+	pv_test_tmpdir_setup("check_state");
 }
 
 /* A fresh directory for one test, and the state database path inside it. */
 static void
 test_paths(char *dir, size_t dir_size, char *db, size_t db_size)
 {
-	snprintf(dir, dir_size, "%s/t-XXXXXX", base_dir);
-	ck_assert_ptr_nonnull(mkdtemp(dir));
+	pv_test_tmpdir_sub(dir, dir_size);
 	snprintf(db, db_size, "%s/state.db", dir);
 }
 
@@ -1985,7 +1964,7 @@ main(void)
 	SRunner *sr;
 	int failed;
 
-	tcase_add_unchecked_fixture(tc, base_setup, base_teardown);
+	tcase_add_unchecked_fixture(tc, base_setup, pv_test_tmpdir_teardown);
 	tcase_add_test(tc, test_state__open_creates_private_wal_file);
 	tcase_add_test(tc, test_state__newer_schema_refused);
 	tcase_add_test(tc, test_state__runs_round_trip);
@@ -2015,7 +1994,7 @@ main(void)
 	suite_add_tcase(s, tc);
 
 	/* busy_timeout is 5 s, and the kill -9 loop runs several children. */
-	tcase_add_unchecked_fixture(slow, base_setup, base_teardown);
+	tcase_add_unchecked_fixture(slow, base_setup, pv_test_tmpdir_teardown);
 	tcase_set_timeout(slow, 60);
 	tcase_add_test(slow, test_state__locked_database_reports_action);
 	tcase_add_test(slow, test_state__durable_under_kill9);

@@ -1,6 +1,5 @@
 /* Unit tests for src/jobs/verify.c: the verify job against the catalog as retention changes it. */
 #include <check.h>
-#include <ftw.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,31 +14,13 @@
 #include "state/state.h"
 #include "util/error.h"
 
-/* Made by an unchecked fixture (Check's fork mode skips checked teardown on failure). */
-static char base_dir[PATH_MAX];
+#include "testlib.h"
 
+/* The directory for this binary's state databases, removed even when a forked test fails (testlib.h). */
 static void
 base_setup(void)
 {
-	const char *tmp = getenv("TMPDIR");
-
-	snprintf(base_dir, sizeof(base_dir), "%s/pgvigil-check-verify-XXXXXX", tmp != NULL ? tmp : "/tmp");
-	if (mkdtemp(base_dir) == NULL) {
-		perror("mkdtemp");
-		abort();
-	}
-}
-
-static int
-remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
-static void
-base_teardown(void)
-{
-	nftw(base_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+	pv_test_tmpdir_setup("check_verify");
 }
 
 static void
@@ -93,7 +74,7 @@ START_TEST(test_verify__backup_pruned_meanwhile_is_skipped)
 	size_t n = 0;
 
 	ck_assert_msg(cfg != NULL, "config: %s", err.msg);
-	snprintf(path, sizeof(path), "%s/state.db", base_dir);
+	snprintf(path, sizeof(path), "%s/state.db", pv_test_tmpdir());
 	ck_assert_msg(pv_state_open(path, &st, &err), "%s", err.msg);
 	add_backup(st, "20270101T020000Z-daily", 1798768800);
 	add_backup(st, "20270102T020000Z-daily", 1798855200);
@@ -147,7 +128,7 @@ main(void)
 	SRunner *sr;
 	int failed;
 
-	tcase_add_unchecked_fixture(tc, base_setup, base_teardown);
+	tcase_add_unchecked_fixture(tc, base_setup, pv_test_tmpdir_teardown);
 	tcase_add_test(tc, test_verify__backup_pruned_meanwhile_is_skipped);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);

@@ -2,11 +2,14 @@
 #include <arpa/inet.h>
 #include <check.h>
 #include <ctype.h>
+#include <ftw.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -174,6 +177,69 @@ pv_test_dns_stop(struct pv_test_dns *d)
 	close(d->fd);
 }
 
+/* ---- temporary directory ---- */
+
+static char tmpdir[PATH_MAX];
+
+/* parent/pgvigil-<who>-XXXXXX, with who's underscores as dashes (check_state: pgvigil-check-state-). */
+static char *
+dir_template(const char *parent, const char *who)
+{
+	char *tmpl = pv_asprintf("%s/pgvigil-%s-XXXXXX", parent, who);
+
+	for (char *p = tmpl + strlen(parent); *p != '\0'; p++)
+		if (*p == '_')
+			*p = '-';
+	return tmpl;
+}
+
+void
+pv_test_tmpdir_setup(const char *who)
+{
+	const char *parent = getenv("TMPDIR");
+	char *tmpl = dir_template(parent != NULL ? parent : "/tmp", who);
+
+	if (!pv_strlcpy(tmpdir, tmpl, sizeof(tmpdir)) || mkdtemp(tmpdir) == NULL) {
+		perror(tmpl);
+		abort();
+	}
+	free(tmpl);
+}
+
+void
+pv_test_tmpdir_teardown(void)
+{
+	if (tmpdir[0] != '\0')
+		pv_test_rmtree(tmpdir);
+	tmpdir[0] = '\0';
+}
+
+const char *
+pv_test_tmpdir(void)
+{
+	return tmpdir;
+}
+
+void
+pv_test_tmpdir_sub(char *dir, size_t size)
+{
+	ck_assert_msg(tmpdir[0] != '\0', "pv_test_tmpdir_sub before pv_test_tmpdir_setup");
+	snprintf(dir, size, "%s/t-XXXXXX", tmpdir);
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+}
+
+static int
+remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	return remove(path);
+}
+
+int
+pv_test_rmtree(const char *path)
+{
+	return nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 /* ---- throwaway PostgreSQL ---- */
 
 static int
@@ -204,13 +270,10 @@ pv_test_free_port(void)
 bool
 pv_test_cluster_start(struct pv_test_cluster *c, const char *who)
 {
-	char *tmpl = pv_asprintf("/tmp/pgvigil-%s-XXXXXX", who);
+	char *tmpl = dir_template("/tmp", who);
 	char *args;
 	int rc;
 
-	for (char *p = tmpl; *p != '\0'; p++)
-		if (*p == '_')
-			*p = '-';
 	memset(c, 0, sizeof(*c));
 	if (mkdtemp(tmpl) == NULL) {
 		perror("mkdtemp");

@@ -1,12 +1,13 @@
 /*
  * Fixtures shared by the unit tests (linked into every tests/unit/check_*.c binary): an event loop
- * with a safety timer and a stall ticker, a fake DNS server on 127.0.0.1, and a throwaway
- * PostgreSQL cluster started by tests/lib/pgtmp.
+ * with a safety timer and a stall ticker, a fake DNS server on 127.0.0.1, a temporary directory per
+ * TCase, and a throwaway PostgreSQL cluster started by tests/lib/pgtmp.
  */
 #ifndef PV_TESTLIB_H
 #define PV_TESTLIB_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <sys/time.h>
 
 #include <event2/dns.h>
@@ -54,6 +55,27 @@ struct pv_test_dns {
 /* Serve on base and add the server as a nameserver of dns. */
 void pv_test_dns_start(struct pv_test_dns *d, struct event_base *base, struct evdns_base *dns);
 void pv_test_dns_stop(struct pv_test_dns *d);
+
+/* ---- temporary directory ---- */
+
+/*
+ * One directory for the tests of a TCase, made and removed by an unchecked fixture: Check runs
+ * those in the parent, so the directory is removed even when a test fails in its forked child
+ * (which skips a checked teardown). who names the binary in the directory's name:
+ * $TMPDIR/pgvigil-check-state-XXXXXX for check_state, /tmp without TMPDIR. Aborts when the
+ * directory cannot be made. tcase_add_unchecked_fixture takes void (void) functions: wrap the setup
+ * in one that names the binary; the teardown fits as it is.
+ */
+void pv_test_tmpdir_setup(const char *who);
+/* Removes the directory and everything in it. */
+void pv_test_tmpdir_teardown(void);
+/* The directory made by pv_test_tmpdir_setup. */
+const char *pv_test_tmpdir(void);
+/* A fresh subdirectory of it for one test (<tmpdir>/t-XXXXXX) into dir; fails the test if it cannot. */
+void pv_test_tmpdir_sub(char *dir, size_t size);
+
+/* Removes path and everything under it, not following symbolic links: 0, or -1 and errno. */
+int pv_test_rmtree(const char *path);
 
 /* ---- throwaway PostgreSQL ---- */
 
