@@ -512,8 +512,10 @@ def health_keep_connection_warns_on_low_file_limit(cluster):
                        for i in range(3))
         d.write_config(base_config(d, cluster, jobs))
         d.start(preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (258, 258)))
-        check("open file limit too low for the kept health sessions limit=258 keep_connection_jobs=3 needed=259"
-              in d.logtext(), "no warning:\n" + d.logtext()[-2000:])
+        # valgrind keeps a few descriptors for itself and reports a lower limit (246 of 258)
+        m = re.search(r"open file limit too low for the kept health sessions limit=(\d+) keep_connection_jobs=3 "
+                      r"needed=259;", d.logtext())
+        check(m is not None and int(m.group(1)) <= 258, "no warning:\n" + d.logtext()[-2000:])
         check(d.stop() == 0, "exit status")
     finally:
         d.cleanup()
