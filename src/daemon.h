@@ -57,6 +57,10 @@ struct pv_config *pv_daemon_config(struct pv_daemon *d);
 struct event_base *pv_daemon_base(struct pv_daemon *d);
 
 /* Job types configured but not available in this build: a message per job, or none. */
+/* A configured job as the planner takes it (no last slot: sched_load reads that from the state). */
+struct pv_config_job;
+struct pv_sched_job;
+struct pv_sched_job pv_daemon_sched_job(const struct pv_config_job *job);
 bool pv_daemon_check_job_types(const struct pv_config *cfg, struct pv_strv *problems);
 
 #endif

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "config/config.h"
+#include "daemon.h"
 #include "sched/cron.h"
 #include "sched/sched.h"
 #include "fuzz.h"
@@ -209,19 +210,10 @@ check_planner(const struct pv_config *cfg)
 	for (size_t i = 0; i < cfg->n_jobs; i++) {
 		const struct pv_config_job *job = &cfg->jobs[i];
 
-		jobs[i] = (struct pv_sched_job){
-		        .name = job->name,
-		        .cron = job->cron,
-		        .tz = job->tz,
-		        .every = (double)job->every,
-		        .jitter = (int)job->jitter,
-		        .grace = (int)job->grace,
-		        .catch_up = job->catch_up,
-		        .heavy = job->heavy,
-		        /* Every other calendar job was last handled three days ago: catch-up. */
-		        .has_last_slot = job->cron != NULL && i % 2 == 0,
-		        .last_slot = wall - 3 * 86400,
-		};
+		jobs[i] = pv_daemon_sched_job(job);
+		/* Every other calendar job was last handled three days ago: catch-up. */
+		jobs[i].has_last_slot = job->cron != NULL && i % 2 == 0;
+		jobs[i].last_slot = wall - 3 * 86400;
 	}
 	PV_FUZZ_CHECK(pv_sched_configure(s, jobs, cfg->n_jobs, wall, mono, &err),
 	              "the planner refuses the jobs of a configuration that loaded: %s", err.msg);
